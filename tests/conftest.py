@@ -1,0 +1,34 @@
+"""Shared fixtures: where the fastai ground truth and the IMDB mirror live.
+
+Integration data is looked up beside the repository (``../shared``), as laid out on the
+development machines and in CI. Under CI (``CI=true``) a missing mirror is a failure;
+elsewhere the tests that need it skip and say why.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("AWD_LSTM_SHARED", REPO_ROOT.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+IMDB_MIRROR = SHARED / "data" / "imdb"
+
+
+def _require(path: Path, what: str) -> Path:
+    if path.exists():
+        return path
+    message = f"{what} not found at {path}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " (required under CI)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return _require(FIXTURES, "fastai fixtures")
+
+
+@pytest.fixture(scope="session")
+def imdb_path() -> Path:
+    return _require(IMDB_MIRROR, "IMDB mirror")
