@@ -1,0 +1,549 @@
+"""AWD-LSTM (Merity et al. 2017) and ULMFiT's classifier (Howard & Ruder 2018) as transformers models,
+numerically equal to fastai 2.8.12's `AWD_LSTM`, `LinearDecoder`, `SentenceEncoder` and
+`PoolingLinearClassifier`.
+
+Where we deliberately differ from fastai (see the reference notes, sections 1.4, 1.6 and 2.4):
+- the recurrent state is an explicit input/output (`cache`), never module state, so every call starts
+  from zeros unless a state is passed, and one model can serve several threads;
+- weight dropout is computed inside `forward` from the raw matrices, no attribute is re-assigned;
+- padding is whatever `attention_mask` says, on any side: pad positions never enter the recurrence,
+  so a document gets the same result alone or in a padded batch.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_awd_lstm import AWDLSTMConfig
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]
+
+
+class AWDLSTMCache:
+    """The recurrent state: one `(h, c)` pair per layer, each `(1, batch, hidden)` as `nn.LSTM` lays it out.
+
+    `generate()` carries it from step to step under the name `cache` (transformers v5), so each step after
+    the prompt feeds a single token. `seen_tokens` counts the input columns consumed (padding included),
+    which is what `generate()` uses to slice a continued prompt.
+    """
+
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, states: list[LSTMState], seen_tokens: int = 0):
+        self.states = list(states)
+        self.seen_tokens = seen_tokens
+
+    @classmethod
+    def zeros(cls, config: AWDLSTMConfig, batch_size: int, device, dtype) -> "AWDLSTMCache":
+        states = [
+            (torch.zeros(1, batch_size, hidden, device=device, dtype=dtype),) * 2 for _, hidden in config.layer_sizes()
+        ]
+        return cls(states)
+
+    @property
+    def batch_size(self) -> int:
+        return self.states[0][0].shape[1]
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def _map(self, fn) -> None:
+        self.states = [(fn(h), fn(c)) for h, c in self.states]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: keep the state of the beams that survived."""
+        self._map(lambda t: t.index_select(1, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map(lambda t: t[:, indices])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda t: t.repeat_interleave(repeats, dim=1))
+
+    def detach_(self) -> "AWDLSTMCache":
+        """Truncated BPTT: the next batch continues from this state without back-propagating into it."""
+        self._map(torch.Tensor.detach)
+        return self
+
+
+@dataclass
+class AWDLSTMModelOutput(ModelOutput):
+    """`last_hidden_state`: the last layer's raw output (zeros at pad positions);
+    `hidden_states`: every layer's raw output when asked for."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: AWDLSTMCache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class AWDLSTMCausalLMOutput(ModelOutput):
+    """`last_hidden_state` is the raw last-layer output (TAR acts on it) and `dropped_hidden_state` the same
+    after output dropout (what the decoder reads; AR acts on it)."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: AWDLSTMCache | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    dropped_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class AWDLSTMSequenceClassifierOutput(ModelOutput):
+    """`last_hidden_state` holds the encoder outputs of the pooled window of each document (left-aligned,
+    zeros past `pooled_mask`), the tensor fastai's AR/TAR act on in the classifier."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    pooled_mask: torch.BoolTensor | None = None
+
+
+def locked_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Variational dropout (fastai `RNNDropout`): one mask per sequence, shared by all time steps."""
+    if not training or p == 0:
+        return x
+    mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p)
+    return x * mask / (1 - p)
+
+
+def real_tokens_first(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row, the positions of its real tokens in order, then of its pads (a stable sort), and the
+    number of real tokens. Gathering with it left-aligns every row, whichever side was padded."""
+    is_pad = attention_mask.eq(0)
+    order = torch.argsort(is_pad.to(torch.int8), dim=1, stable=True)
+    return order, (~is_pad).sum(1)
+
+
+class AWDLSTMLayer(nn.Module):
+    """One single-layer LSTM with fastai's WeightDropout (DropConnect) on its hidden-to-hidden matrix.
+
+    Only `weight_hh_l0_raw` is a parameter; the dropped matrix is a local of `forward`, drawn anew at
+    every call and shared by all time steps and rows, as in fastai.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, weight_p: float):
+        super().__init__()
+        self.input_size, self.hidden_size, self.weight_p = input_size, hidden_size, weight_p
+        gates = 4 * hidden_size
+        self.weight_ih_l0 = nn.Parameter(torch.empty(gates, input_size))
+        self.weight_hh_l0_raw = nn.Parameter(torch.empty(gates, hidden_size))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(gates))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(gates))
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, weight_p={self.weight_p}"
+
+    def forward(
+        self, x: torch.Tensor, state: LSTMState, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, LSTMState]:
+        """`x` is (batch, time, features) with every row's real tokens first; `lengths` (all >= 1) gives
+        how many, or is None when every row is full. Pad positions come out as zeros and never touch the
+        state."""
+        weight_hh = F.dropout(self.weight_hh_l0_raw, self.weight_p, self.training)
+        params = [self.weight_ih_l0, weight_hh, self.bias_ih_l0, self.bias_hh_l0]
+        if lengths is None:
+            output, h, c = torch.lstm(x, state, params, True, 1, 0.0, self.training, False, True)
+            return output, (h, c)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        h0, c0 = (s.index_select(1, packed.sorted_indices) for s in state)
+        data, h, c = torch.lstm(packed.data, packed.batch_sizes, (h0, c0), params, True, 1, 0.0, self.training, False)
+        output, _ = pad_packed_sequence(
+            PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
+            batch_first=True,
+            total_length=x.shape[1],
+        )
+        return output, (h.index_select(1, packed.unsorted_indices), c.index_select(1, packed.unsorted_indices))
+
+
+class AWDLSTMPreTrainedModel(PreTrainedModel):
+    config_class = AWDLSTMConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["AWDLSTMLayer"]
+    supports_gradient_checkpointing = False
+    # The task whose fastai default dropouts this head uses (see AWDLSTMConfig). The bare encoder keeps
+    # the config's own task, and takes the language model's defaults (fastai's AWD_LSTM) when it has none.
+    dropout_task: str | None = None
+
+    def __init__(self, config: AWDLSTMConfig, *inputs, **kwargs):
+        task = self.dropout_task or config.dropout_task or "causal_lm"
+        super().__init__(config.with_task_dropouts(task), *inputs, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """fastai's initialisation: embedding U(-0.1, 0.1) (pad row included), LSTM U(+-1/sqrt(hidden)),
+        decoder bias 0, head BatchNorm weight 1 and bias 1e-3, head Linear PyTorch's default."""
+        if isinstance(module, nn.Embedding):
+            init.uniform_(module.weight, -0.1, 0.1)
+        elif isinstance(module, AWDLSTMLayer):
+            bound = 1 / math.sqrt(module.hidden_size)
+            for param in module.parameters(recurse=False):
+                init.uniform_(param, -bound, bound)
+        elif isinstance(module, nn.BatchNorm1d):
+            init.ones_(module.weight)
+            init.constant_(module.bias, 1e-3)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, nn.Linear):
+            if isinstance(self, AWDLSTMForCausalLM) and module is self.lm_head:
+                if not self.config.tie_word_embeddings:
+                    init.uniform_(module.weight, -0.1, 0.1)
+            else:
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+class AWDLSTMModel(AWDLSTMPreTrainedModel):
+    """The AWD-LSTM encoder (fastai `AWD_LSTM`): embedding with word-type dropout, locked input dropout,
+    a stack of weight-dropped LSTMs with locked dropout between them. Returns the last layer's raw output."""
+
+    def __init__(self, config: AWDLSTMConfig):
+        super().__init__(config)
+        dropouts = self.config.effective_dropouts()
+        self.embed_p, self.input_p, self.hidden_p = dropouts["embed_p"], dropouts["input_p"], dropouts["hidden_p"]
+        self.encoder = nn.Embedding(self.config.vocab_size, self.config.embedding_size, padding_idx=self.config.pad_token_id)
+        self.rnns = nn.ModuleList(
+            AWDLSTMLayer(n_in, n_out, dropouts["weight_p"]) for n_in, n_out in self.config.layer_sizes()
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.encoder = value
+
+    def zero_state(self, batch_size: int, device=None, dtype=None) -> AWDLSTMCache:
+        weight = self.encoder.weight
+        return AWDLSTMCache.zeros(self.config, batch_size, device or weight.device, dtype or weight.dtype)
+
+    def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """Embedding lookup with fastai's EmbeddingDropout: in training, each vocabulary row is dropped (for
+        every occurrence in the batch) with probability embed_p, the kept rows scaled by 1/(1-p)."""
+        weight = self.encoder.weight
+        embeds = F.embedding(input_ids, weight, padding_idx=self.config.pad_token_id)
+        if self.training and self.embed_p > 0:
+            row_mask = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - self.embed_p) / (1 - self.embed_p)
+            embeds = embeds * row_mask[input_ids]
+        return embeds
+
+    def encode(
+        self, embeds: torch.Tensor, states: list[LSTMState], lengths: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], list[LSTMState]]:
+        """Run the LSTM stack over left-aligned rows (`lengths` real tokens each, None = all full).
+        Rows with no real token keep their state and output zeros. Returns every layer's raw output
+        and the new states."""
+        if lengths is not None and lengths.eq(0).any():
+            return self._encode_active_rows(embeds, states, lengths)
+        if lengths is not None and lengths.eq(embeds.shape[1]).all():
+            lengths = None
+        x = locked_dropout(embeds, self.input_p, self.training)
+        outputs, new_states = [], []
+        for index, layer in enumerate(self.rnns):
+            x, state = layer(x, states[index], lengths)
+            outputs.append(x)
+            new_states.append(state)
+            if index < len(self.rnns) - 1:
+                x = locked_dropout(x, self.hidden_p, self.training)
+        return outputs, new_states
+
+    def _encode_active_rows(self, embeds, states, lengths):
+        rows = lengths.nonzero().squeeze(1)
+        batch, time = embeds.shape[:2]
+        if rows.numel() == 0:
+            outputs = [embeds.new_zeros(batch, time, hidden) for _, hidden in self.config.layer_sizes()]
+            return outputs, list(states)
+        sub_states = [tuple(s.index_select(1, rows) for s in state) for state in states]
+        sub_outputs, sub_new = self.encode(embeds.index_select(0, rows), sub_states, lengths.index_select(0, rows))
+        outputs = [out.new_zeros(batch, *out.shape[1:]).index_copy(0, rows, out) for out in sub_outputs]
+        new_states = [
+            tuple(old.index_copy(1, rows, new.to(old.dtype)) for old, new in zip(state, new_state))
+            for state, new_state in zip(states, sub_new)
+        ]
+        return outputs, new_states
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: AWDLSTMCache | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AWDLSTMModelOutput:
+        """`cache` continues from a previous state (zeros otherwise); `attention_mask` (1 = token, 0 = pad)
+        alone says what is padding. The returned `cache` is a new object holding the state after the
+        last real token of each row."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds")
+        reference = input_ids if input_ids is not None else inputs_embeds
+        batch, time = reference.shape[:2]
+        if cache is None:
+            cache = self.zero_state(batch, reference.device)
+        elif cache.batch_size != batch:
+            raise ValueError(f"cache holds a state for {cache.batch_size} rows, the input has {batch}")
+
+        order = lengths = None
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, -time:]
+            if not bool(attention_mask.all()):
+                order, lengths = real_tokens_first(attention_mask)
+        if inputs_embeds is None:
+            if order is not None:
+                input_ids = input_ids.gather(1, order)
+            inputs_embeds = self.embed(input_ids)
+        elif order is not None:
+            inputs_embeds = inputs_embeds.gather(1, order.unsqueeze(-1).expand_as(inputs_embeds))
+
+        outputs, new_states = self.encode(inputs_embeds, cache.states, lengths)
+        if order is not None:  # back to the caller's positions; pads stay zero
+            outputs = [torch.zeros_like(out).scatter(1, order.unsqueeze(-1).expand_as(out), out) for out in outputs]
+        use_cache = True if use_cache is None else use_cache
+        return AWDLSTMModelOutput(
+            last_hidden_state=outputs[-1],
+            cache=AWDLSTMCache(new_states, cache.seen_tokens + time) if use_cache else None,
+            hidden_states=tuple(outputs) if output_hidden_states else None,
+        )
+
+
+class AWDLSTMForCausalLM(AWDLSTMPreTrainedModel, GenerationMixin):
+    """fastai's `language_model_learner` model: the AWD-LSTM encoder and a `LinearDecoder` (locked output
+    dropout, then a linear layer tied to the embedding)."""
+
+    dropout_task = "causal_lm"
+    _tied_weights_keys = {"lm_head.weight": "model.encoder.weight"}
+
+    def __init__(self, config: AWDLSTMConfig):
+        super().__init__(config)
+        self.model = AWDLSTMModel(self.config)
+        self.output_p = self.config.effective_dropouts()["output_p"]
+        self.lm_head = nn.Linear(self.config.embedding_size, self.config.vocab_size, bias=self.config.out_bias)
+        self.post_init()
+        # fastai's predict(no_unk=True): never generate the unknown token.
+        if self.config.unk_token_id is not None and not self.generation_config.suppress_tokens:
+            self.generation_config.suppress_tokens = [self.config.unk_token_id]
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # our state is an AWDLSTMCache created by forward, not attention keys/values
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: AWDLSTMCache | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> AWDLSTMCausalLMOutput:
+        """`labels` follow transformers (the model shifts them); `shift_labels` are targets already aligned
+        with the inputs, as stateful BPTT windows provide, so no position is lost at a window's end."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            cache=cache,
+            use_cache=use_cache,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = outputs.last_hidden_state
+        dropped = locked_dropout(hidden, self.output_p, self.training)
+        logits = self.lm_head(dropped[:, -logits_to_keep:] if logits_to_keep else dropped)
+        loss = None
+        if labels is not None or shift_labels is not None:
+            loss = self.loss_function(
+                logits, labels, vocab_size=self.config.vocab_size, shift_labels=shift_labels, **kwargs
+            )
+        return AWDLSTMCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            last_hidden_state=hidden,
+            dropped_hidden_state=dropped,
+            hidden_states=outputs.hidden_states,
+        )
+
+
+class AWDLSTMHeadBlock(nn.Module):
+    """fastai's `LinBnDrop`: BatchNorm1d, Dropout, Linear without bias, then ReLU except for the last block."""
+
+    def __init__(self, n_in: int, n_out: int, p: float, activation: bool):
+        super().__init__()
+        self.batch_norm = nn.BatchNorm1d(n_in)
+        self.dropout = nn.Dropout(p)
+        self.linear = nn.Linear(n_in, n_out, bias=False)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A training batch of one row has no batch statistics: normalise it with the running ones.
+        use_batch_stats = self.training and x.shape[0] > 1
+        x = F.batch_norm(
+            x,
+            self.batch_norm.running_mean,
+            self.batch_norm.running_var,
+            self.batch_norm.weight,
+            self.batch_norm.bias,
+            use_batch_stats,
+            self.batch_norm.momentum,
+            self.batch_norm.eps,
+        )
+        if use_batch_stats:
+            self.batch_norm.num_batches_tracked.add_(1)
+        x = self.linear(self.dropout(x))
+        return F.relu(x) if self.activation else x
+
+
+class AWDLSTMClassificationHead(nn.Module):
+    """fastai's `PoolingLinearClassifier` after pooling: 3E -> classifier_hidden_sizes -> num_labels."""
+
+    def __init__(self, config: AWDLSTMConfig):
+        super().__init__()
+        sizes = [3 * config.embedding_size, *config.classifier_hidden_sizes, config.num_labels]
+        dropouts = [config.effective_dropouts()["output_p"], *config.classifier_dropouts]
+        self.blocks = nn.ModuleList(
+            AWDLSTMHeadBlock(n_in, n_out, p, activation=index < len(dropouts) - 1)
+            for index, (n_in, n_out, p) in enumerate(zip(sizes[:-1], sizes[1:], dropouts))
+        )
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            pooled = block(pooled)
+        return pooled
+
+
+def masked_concat_pool(outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """fastai's concat pooling [last, max, mean] over the positions where `mask` is True (left-aligned
+    rows). A row with no position pools to zeros."""
+    counts = mask.sum(1, keepdim=True)
+    expanded = mask.unsqueeze(-1)
+    mean = outputs.masked_fill(~expanded, 0).sum(1) / counts.clamp(min=1).to(outputs.dtype)
+    maximum = outputs.masked_fill(~expanded, float("-inf")).max(1).values
+    maximum = torch.where(counts > 0, maximum, torch.zeros_like(maximum))
+    last_index = (counts - 1).clamp(min=0).unsqueeze(-1).expand(-1, 1, outputs.shape[-1])
+    last = outputs.gather(1, last_index).squeeze(1)
+    return torch.cat([last, maximum, mean], dim=1)
+
+
+class AWDLSTMForSequenceClassification(AWDLSTMPreTrainedModel):
+    """fastai's `text_classifier_learner` model: the encoder reads each document in chunks of `bptt`
+    (fastai `SentenceEncoder`, ULMFiT's BPT3C) and a pooling head classifies it."""
+
+    dropout_task = "classification"
+    accepts_loss_kwargs = False
+    _keys_to_ignore_on_load_unexpected = [r"lm_head\."]
+
+    def __init__(self, config: AWDLSTMConfig):
+        super().__init__(config)
+        self.model = AWDLSTMModel(self.config)
+        self.classifier = AWDLSTMClassificationHead(self.config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.encoder
+
+    def read_documents(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """fastai's SentenceEncoder rule, per document: chunks of `bptt` counted from the document's first
+        real token, the state carried (and detached) from chunk to chunk, and the outputs of the chunks
+        starting at offset i kept when `length - i <= max_len`.
+
+        Documents are aligned on their first pooled chunk, so that all pooled windows start together and
+        only they are kept: memory is bounded by `max_len`, not by document length. Chunks before it only
+        condition the state and run without a graph (fastai detaches the state, so no gradient reaches
+        them either). Returns the pooled outputs (batch, window, E), left-aligned, and their mask."""
+        batch, time = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        order, lengths = real_tokens_first(attention_mask[:, -time:])
+        ids = input_ids.gather(1, order)
+        bptt, max_len = self.config.bptt, self.config.max_len
+
+        n_chunks = (lengths + bptt - 1) // bptt
+        first_pooled = torch.zeros_like(lengths) if max_len is None else ((lengths - max_len).clamp(min=0) + bptt - 1) // bptt
+        pooled_start = int(first_pooled.max()) if batch else 0
+        delay = pooled_start - first_pooled  # chunks each document waits, so pooled windows line up
+        total_chunks = int((delay + n_chunks).max()) if batch else 0
+
+        states = self.model.zero_state(batch).states
+        offsets = torch.arange(bptt, device=ids.device)
+        pooled_chunks = []
+        for step in range(total_chunks):
+            local = step - delay
+            rows = ((local >= 0) & (local < n_chunks)).nonzero().squeeze(1)
+            start = local.index_select(0, rows) * bptt
+            chunk_lengths = (lengths.index_select(0, rows) - start).clamp(max=bptt)
+            positions = (start.unsqueeze(1) + offsets).clamp(max=max(time - 1, 0))
+            chunk_ids = ids.index_select(0, rows).gather(1, positions)
+            row_states = [tuple(s.index_select(1, rows) for s in state) for state in states]
+            with torch.set_grad_enabled(torch.is_grad_enabled() and step >= pooled_start):
+                outputs, new_states = self.model.encode(self.model.embed(chunk_ids), row_states, chunk_lengths)
+            states = [
+                tuple(old.index_copy(1, rows, new.detach().to(old.dtype)) for old, new in zip(state, new_state))
+                for state, new_state in zip(states, new_states)
+            ]
+            if step >= pooled_start:
+                last = outputs[-1]
+                pooled_chunks.append(last.new_zeros(batch, bptt, last.shape[-1]).index_copy(0, rows, last))
+        if not pooled_chunks:
+            return self.model.encoder.weight.new_zeros(batch, 0, self.config.embedding_size), lengths.new_zeros(batch, 0).bool()
+        pooled = torch.cat(pooled_chunks, dim=1)
+        window = lengths - first_pooled * bptt
+        mask = torch.arange(pooled.shape[1], device=pooled.device).unsqueeze(0) < window.unsqueeze(1)
+        return pooled, mask
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AWDLSTMSequenceClassifierOutput:
+        if input_ids is None:
+            raise ValueError("AWDLSTMForSequenceClassification needs input_ids")
+        pooled_outputs, pooled_mask = self.read_documents(input_ids, attention_mask)
+        logits = self.classifier(masked_concat_pool(pooled_outputs, pooled_mask))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        return AWDLSTMSequenceClassifierOutput(
+            loss=loss, logits=logits, last_hidden_state=pooled_outputs, pooled_mask=pooled_mask
+        )
+
+
+__all__ = [
+    "AWDLSTMCache",
+    "AWDLSTMModel",
+    "AWDLSTMForCausalLM",
+    "AWDLSTMForSequenceClassification",
+    "AWDLSTMPreTrainedModel",
+]
