@@ -1,0 +1,366 @@
+"""IMDB loading, fastai-style tokenization/numericalization and the data pipelines of ULMFiT.
+
+- `load_imdb` loads IMDB from the Hub, or from the local mirror when the Hub can't be reached.
+- `tokenize_corpus` / `numericalize` are `datasets.map` passes, so their results are cached.
+- `lm_corpus` / `classification_splits` carve the splits the ULMFiT recipe uses.
+- `LMStreamDataset` is fastai's `LMDataLoader` as a map-style dataset that HF `Trainer` can
+  consume with a sequential sampler, on one device or many (see fastai_reference.md 5.1).
+- `ClassificationCollator` pads classification batches on the right with an attention mask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets, load_dataset
+from datasets.arrow_dataset import Column
+
+from . import tokenization_awd_lstm
+from .tokenization_awd_lstm import fastai_tokenize_batch
+
+logger = logging.getLogger(__name__)
+
+IMDB_HUB_ID = "stanfordnlp/imdb"
+# Where the offline IMDB mirror sits relative to a repository checkout: `<repo>/../shared/data/imdb`.
+_MIRROR_RELPATH = Path("..", "shared", "data", "imdb")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _mirror_candidates() -> list[Path]:
+    """Existing mirror folders: beside the working directory first, then beside this checkout."""
+    repo_root = Path(__file__).resolve().parents[2]  # <repo>/src/awd_lstm_hf/data.py in a checkout
+    candidates = [Path.cwd() / _MIRROR_RELPATH, repo_root / _MIRROR_RELPATH]
+    return [path.resolve() for path in candidates if path.is_dir()]
+
+
+def load_imdb(name_or_path: str | os.PathLike = IMDB_HUB_ID) -> DatasetDict:
+    """Load IMDB (train/test/unsupervised) with `datasets.load_dataset`.
+
+    An existing local folder is loaded as is. For the Hub id, a Hub that can't be reached (offline
+    mode, no network) falls back to the local mirror `../shared/data/imdb`, with a warning, so the
+    README commands also run on machines without Hub access.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        dsdict = load_dataset(str(path))
+    else:
+        try:
+            dsdict = load_dataset(str(name_or_path))
+        except ConnectionError:  # datasets raises it for offline mode and for unreachable hosts
+            mirrors = _mirror_candidates() if str(name_or_path) in (IMDB_HUB_ID, "imdb") else []
+            if not mirrors:
+                raise
+            logger.warning(
+                "Could not reach the Hugging Face Hub for %r; using the local IMDB mirror %s instead.",
+                str(name_or_path),
+                mirrors[0],
+            )
+            dsdict = load_dataset(str(mirrors[0]))
+    for split, dataset in dsdict.items():
+        if "text" not in dataset.column_names:
+            raise ValueError(
+                f"{str(name_or_path)!r} split {split!r} has no 'text' column "
+                f"(columns: {dataset.column_names}); expected IMDB-like data with 'text' and 'label'."
+            )
+    return dsdict
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenization and numericalization (cached `datasets.map` passes)
+# --------------------------------------------------------------------------------------------
+
+
+class _TokenizeBatch:
+    """Batched map function for `tokenize_corpus`.
+
+    datasets fingerprints a module-level function by its name only; the digest of the tokenizer
+    module and the spaCy version kept here make the cache follow changes to the tokenization.
+    """
+
+    def __init__(self):
+        digest = hashlib.sha256(Path(tokenization_awd_lstm.__file__).read_bytes())
+        digest.update(importlib.metadata.version("spacy").encode())
+        self.tokenizer_digest = digest.hexdigest()
+
+    def __call__(self, batch: dict, indices: list[int]) -> dict:
+        texts = batch["text"]
+        for text, index in zip(texts, indices):
+            if text is None:
+                raise ValueError(f"Row {index} has no text (None); drop or fill it before tokenizing.")
+        return {"tokens": fastai_tokenize_batch(texts)}
+
+
+def tokenize_corpus(dataset: Dataset, num_proc: int | None = None, batch_size: int = 1000) -> Dataset:
+    """Add fastai tokens (`tokens`, starting with 'xxbos') to a dataset with a `text` column.
+
+    `text` is dropped (the tokens replace it), other columns such as `label` are kept. The result
+    is cached by datasets' fingerprinting, so a second call with the same data is read from disk.
+    """
+    return dataset.map(
+        _TokenizeBatch(),
+        batched=True,
+        batch_size=batch_size,
+        with_indices=True,
+        num_proc=num_proc,
+        remove_columns=["text"],
+        desc="fastai tokenization",
+    )
+
+
+def count_tokens(dataset: Dataset | DatasetDict) -> Counter:
+    """Count the tokens of every document, in document order (fastai's vocab Counter).
+
+    Counter keeps first-insertion order, which decides vocab ties, so counting follows the
+    dataset's (and a DatasetDict's split) order deterministically. fastai counts every document
+    the tokenizer saw, specials and validation documents included.
+    """
+    splits = dataset.values() if isinstance(dataset, DatasetDict) else [dataset]
+    counts = Counter()
+    for split in splits:
+        for batch in split.select_columns(["tokens"]).iter(batch_size=1000):
+            counts.update(chain.from_iterable(batch["tokens"]))
+    return counts
+
+
+def _numericalize_batch(batch: dict, stoi: dict[str, int]) -> dict:
+    return {"input_ids": [[stoi.get(token, 0) for token in tokens] for tokens in batch["tokens"]]}
+
+
+def numericalize(dataset: Dataset, tokenizer, num_proc: int | None = None) -> Dataset:
+    """Add `input_ids` for the `tokens` column; unknown tokens map to 0 (`xxunk`), as in fastai.
+
+    The lookup is a plain dict built once from `tokenizer.get_vocab()` (which, like fastai's `o2i`,
+    leaves out the 'xxfake' padding entries), much faster than per-token tokenizer calls.
+    """
+    stoi = dict(tokenizer.get_vocab())
+    return dataset.map(
+        _numericalize_batch,
+        batched=True,
+        num_proc=num_proc,
+        fn_kwargs={"stoi": stoi},
+        desc="numericalization",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+
+def lm_corpus(
+    dsdict: DatasetDict, max_docs: int | None = None, valid_pct: float = 0.1, seed: int = 0
+) -> tuple[Dataset, Dataset]:
+    """Language-model corpus: the documents of all splits, `valid_pct` of them held out at random.
+
+    ULMFiT fine-tunes the LM on every IMDB review (train + test + unsupervised; labels unused).
+    `max_docs` takes a seeded random subsample first, for quick runs.
+    """
+    if not 0 < valid_pct < 1:
+        raise ValueError(f"valid_pct must be in (0, 1), got {valid_pct}")
+    corpus = concatenate_datasets(
+        [split.remove_columns("label") if "label" in split.column_names else split for split in dsdict.values()]
+    )
+    if max_docs is not None and max_docs < len(corpus):
+        corpus = corpus.shuffle(seed=seed).select(range(max_docs))
+    splits = corpus.train_test_split(test_size=valid_pct, seed=seed)
+    return splits["train"], splits["test"]
+
+
+def _sample(dataset: Dataset, n: int, seed: int) -> tuple[Dataset, Dataset | None]:
+    """Seeded random split into n documents and the rest, stratified by a ClassLabel `label`.
+
+    A random permutation is reordered so that every class is spread evenly along it (document i of
+    a class of size c gets the key (i + 0.5) / c), so any prefix holds each class in proportion.
+    datasets' own stratified `train_test_split` reads labels row by row (~5 s per IMDB split).
+    """
+    if n > len(dataset):
+        raise ValueError(f"Asked for {n} documents but the split has only {len(dataset)}.")
+    if n == len(dataset):
+        return dataset, None
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    if isinstance(dataset.features.get("label"), ClassLabel):
+        labels = np.asarray(dataset.select_columns(["label"])[:]["label"])[order]
+        keys = np.empty(len(order))
+        for label in np.unique(labels):
+            members = labels == label
+            keys[members] = (np.arange(members.sum()) + 0.5) / members.sum()
+        order = order[np.argsort(keys, kind="stable")]
+    return dataset.select(order[:n]), dataset.select(order[n:])
+
+
+def classification_splits(
+    dsdict: DatasetDict,
+    train_docs: int | None = None,
+    test_docs: int | None = None,
+    valid_docs: int = 0,
+    seed: int = 0,
+) -> dict[str, Dataset | None]:
+    """Classifier splits: `train`, `valid` (carved from the labelled train split) and `test`.
+
+    `valid` is None when `valid_docs` is 0 (IMDB has no official validation split). Subsamples
+    are seeded and stratified by label, so both classes are represented even in small runs; the
+    full test split is returned as is unless `test_docs` is given.
+    """
+    train, valid = dsdict["train"], None
+    if valid_docs:
+        valid, train = _sample(train, valid_docs, seed)
+        if train is None:
+            raise ValueError("valid_docs leaves no training documents.")
+    if train_docs is not None:
+        train, _ = _sample(train, train_docs, seed)
+    test = dsdict["test"]
+    if test_docs is not None:
+        test, _ = _sample(test, test_docs, seed)
+    return {"train": train, "valid": valid, "test": test}
+
+
+# --------------------------------------------------------------------------------------------
+# Language-model stream (fastai's LMDataLoader)
+# --------------------------------------------------------------------------------------------
+
+
+def _flatten_documents(documents: Sequence[Sequence[int]] | Column) -> tuple[np.ndarray, np.ndarray]:
+    """All token ids in one int64 array, and the document lengths.
+
+    A datasets column is read through Arrow (zero Python objects per token); anything else is
+    converted document by document.
+    """
+    if isinstance(documents, Column) and isinstance(documents.source, Dataset):
+        table = documents.source.select_columns([documents.column_name]).with_format("arrow")[:]
+        lists = table.column(0).combine_chunks()
+        tokens = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+        # astype copies: Arrow's zero-copy buffers are read-only, which torch.from_numpy warns about.
+        return tokens.astype(np.int64), lengths.astype(np.int64)
+    arrays = [np.asarray(doc, dtype=np.int64).reshape(-1) for doc in documents]
+    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+    tokens = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    return tokens, lengths
+
+
+class LMStreamDataset(torch.utils.data.Dataset):
+    """fastai's `LMDataLoader` as a map-style dataset for `Trainer` (stateful BPTT).
+
+    The documents are concatenated into one stream S, cut into `rows` contiguous rows of `bl`
+    tokens, and each row into windows of `bptt` tokens (the last window shorter, not padded).
+    Items are ordered window-major (`index = window * rows + row`), so a sequential sampler with
+    batch size `rows` yields exactly fastai's batches, and batch k's row r continues batch k-1's row
+    r: the hidden state can be carried across batches.
+
+    `rows` is the *global* batch size (`per_device_train_batch_size * world_size`). With
+    Accelerate's `BatchSamplerShard`, process p then always gets rows `[p*b, (p+1)*b)` and keeps
+    its own state. With `shuffle`, `set_epoch(e)` (called by Accelerate's `DataLoaderShard` before
+    each pass) permutes the document order with a generator seeded by `(seed, e)`, identically on
+    every process; token order inside a document never changes.
+    """
+
+    def __init__(
+        self,
+        documents: Sequence[Sequence[int]] | Column,
+        rows: int,
+        bptt: int,
+        shuffle: bool = False,
+        seed: int = 0,
+    ):
+        if rows < 1 or bptt < 1:
+            raise ValueError(f"rows and bptt must be positive, got rows={rows}, bptt={bptt}")
+        self.rows, self.bptt, self.shuffle, self.seed = rows, bptt, shuffle, seed
+        self._tokens, self._lengths = _flatten_documents(documents)
+        self._starts = np.cumsum(self._lengths) - self._lengths
+        if len(self._tokens) < rows + 1:
+            raise ValueError(
+                f"The corpus has {len(self._tokens)} tokens; {rows} rows need at least {rows + 1} "
+                "(one input and one target per row). Use more documents or fewer rows."
+            )
+        self.row_len = (len(self._tokens) - 1) // rows  # fastai's `bl`; the < rows leftover is dropped
+        self.n_windows = math.ceil(self.row_len / bptt)
+        self.stream, self.epoch = self._tokens, None
+        self.set_epoch(0)
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens in the stream (all documents), before dropping the leftover."""
+        return len(self._tokens)
+
+    @property
+    def n_documents(self) -> int:
+        return len(self._lengths)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Rebuild the stream for `epoch`: a seeded permutation of the documents when shuffling."""
+        if self.shuffle and epoch != self.epoch:
+            self.stream = self._shuffled_stream(epoch)
+        self.epoch = epoch
+
+    def _shuffled_stream(self, epoch: int) -> np.ndarray:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_documents)
+        lengths = self._lengths[order]
+        new_starts = np.cumsum(lengths) - lengths
+        # Position j of the new stream reads old position j + (old start - new start) of its document.
+        offsets = np.repeat(self._starts[order] - new_starts, lengths)
+        return self._tokens[np.arange(len(self._tokens), dtype=np.int64) + offsets]
+
+    def __len__(self) -> int:
+        return self.n_windows * self.rows
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for LMStreamDataset of length {len(self)}")
+        window, row = divmod(index, self.rows)
+        offset = window * self.bptt
+        start = row * self.row_len + offset
+        length = min(self.bptt, self.row_len - offset)
+        labels = torch.from_numpy(self.stream[start + 1 : start + 1 + length])
+        return {
+            "input_ids": torch.from_numpy(self.stream[start : start + length]),
+            "labels": labels,
+            "shift_labels": labels,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Classification batches
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassificationCollator:
+    """Pad `input_ids` on the right with `pad_token_id` (fastai's `xxpad` = 1) and add the mask.
+
+    Returns `input_ids`, `attention_mask` (1 real, 0 pad) and `labels` (from `labels` or
+    `label`); other fields (e.g. `tokens`) are ignored. The model pools with the mask, so the
+    padding side does not change its output.
+    """
+
+    pad_token_id: int = 1
+
+    def __call__(self, features: Iterable[dict]) -> dict[str, torch.Tensor]:
+        features = list(features)
+        sequences = [torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features]
+        max_len = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), max_len), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), max_len), dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            input_ids[i, : len(seq)] = seq
+            attention_mask[i, : len(seq)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        key = next((k for k in ("labels", "label") if k in features[0]), None)
+        if key is not None:
+            batch["labels"] = torch.tensor([int(f[key]) for f in features], dtype=torch.long)
+        return batch
