@@ -1,0 +1,480 @@
+# Copyright 2025 The awd-lstm-hf authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""fastai's default text pipeline (rules + spaCy) and vocabulary as a `transformers` tokenizer.
+
+This file is copied next to saved models for `trust_remote_code`, so it only imports the standard
+library, `transformers` and (optionally) spaCy.
+"""
+
+import functools
+import html
+import json
+import os
+import pickle
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+from transformers import AddedToken, PreTrainedTokenizer
+
+try:
+    import spacy
+except ImportError:
+    spacy = None
+
+
+VOCAB_FILES_NAMES = {"vocab_file": "vocab.json"}
+
+UNK, PAD, BOS, EOS, FLD = "xxunk", "xxpad", "xxbos", "xxeos", "xxfld"
+TK_REP, TK_WREP, TK_UP, TK_MAJ = "xxrep", "xxwrep", "xxup", "xxmaj"
+FAKE = "xxfake"
+# fastai's `defaults.text_spec_tok`: every fastai vocabulary starts with these, in this order.
+SPECIAL_TOKENS = (UNK, PAD, BOS, EOS, FLD, TK_REP, TK_WREP, TK_UP, TK_MAJ)
+# fastai maps every token missing from the vocabulary to id 0 (`o2i` is a `defaultdict(int)`).
+UNK_ID = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-tokenization rules (fastai's `defaults.text_proc_rules`, applied in this order)
+# ----------------------------------------------------------------------------------------------
+
+# Plain substring replacements, in fastai's order. Some are lossy on purpose ('&amp;' -> '&&',
+# '...' -> ' …'): the vocabularies of pretrained fastai models were built from this exact output.
+_HTML_FIXES = (
+    ("#39;", "'"),
+    ("amp;", "&"),
+    ("#146;", "'"),
+    ("nbsp;", " "),
+    ("#36;", "$"),
+    ("\\n", "\n"),
+    ("quot;", "'"),
+    ("<br />", "\n"),
+    ('\\"', '"'),
+    ("<unk>", UNK),
+    (" @.@ ", "."),
+    (" @-@ ", "-"),
+    ("...", " …"),
+)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_CHAR_REPEAT = re.compile(r"(\S)(\1{2,})")
+_WORD_REPEAT = re.compile(r"(?:\s|^)(\w+)\s+((?:\1\s+)+)\1(\s|\W|$)")
+_SPLIT_CHARS = re.compile(r"([/#\\])")
+_SPACE_RUN = re.compile(" {2,}")
+_ALL_CAPS = re.compile(r"(\s|^)([A-Z]+[^a-z\s]*)(?=\s|$)")
+_CAPITALISED = re.compile(r"(\s|^)([A-Z][^A-Z\s]*)(?=\s|$)")
+
+
+def _replace_lone_surrogates(text: str) -> str:
+    """Replace unpaired surrogates (not encodable as UTF-8, spaCy would crash) by U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _fix_html(text: str) -> str:
+    """Undo the HTML and WikiText debris of web text the way fastai does, then unescape entities."""
+    for old, new in _HTML_FIXES:
+        text = text.replace(old, new)
+    return html.unescape(text)
+
+
+def _mark_char_repeats(text: str) -> str:
+    """'cccc' -> ' xxrep 4 c ': a character repeated 3+ times becomes one marker, a count and the char."""
+    return _CHAR_REPEAT.sub(lambda m: f" {TK_REP} {len(m[2]) + 1} {m[1]} ", text)
+
+
+def _mark_word_repeats(text: str) -> str:
+    """'w w w w' -> ' xxwrep 4 w ': a word repeated 3+ times (any whitespace between) becomes one marker."""
+    return _WORD_REPEAT.sub(lambda m: f" {TK_WREP} {len(m[2].split()) + 2} {m[1]} {m[3]}", text)
+
+
+def _space_out_split_chars(text: str) -> str:
+    """Put spaces around '/', '#' and '\\' so that spaCy splits on them (URLs, '9/10', '#1')."""
+    return _SPLIT_CHARS.sub(r" \1 ", text)
+
+
+def _collapse_spaces(text: str) -> str:
+    """Collapse runs of U+0020 spaces (only those: tabs and newlines are kept as tokens)."""
+    return _SPACE_RUN.sub(" ", text)
+
+
+def _mark_all_caps(text: str) -> str:
+    """'GREAT' -> 'xxup great' for whitespace-delimited chunks in capitals (a lone capital is just lowered)."""
+    return _ALL_CAPS.sub(lambda m: m[1] + (f"{TK_UP} " if len(m[2]) > 1 else "") + m[2].lower(), text)
+
+
+def _mark_capitalised(text: str) -> str:
+    """'Word' -> 'xxmaj word' for chunks with one leading capital ('I' and 'A' are just lowered)."""
+    return _CAPITALISED.sub(lambda m: m[1] + (f"{TK_MAJ} " if len(m[2]) > 1 else "") + m[2].lower(), text)
+
+
+def _lower_and_add_bos(text: str) -> str:
+    """Lowercase everything (the markers keep the case), strip, and start the document with 'xxbos'."""
+    return f"{BOS} " + text.lower().strip()
+
+
+_RULES = (
+    _replace_lone_surrogates,
+    _fix_html,
+    _mark_char_repeats,
+    _mark_word_repeats,
+    _space_out_split_chars,
+    _collapse_spaces,
+    _mark_all_caps,
+    _mark_capitalised,
+    _lower_and_add_bos,
+)
+
+
+def apply_fastai_rules(text: str) -> str:
+    """Run fastai's default pre-tokenization rules on one raw text (the result starts with 'xxbos')."""
+    for rule in _RULES:
+        text = rule(text)
+    return text
+
+
+@functools.cache
+def _spacy_tokenizer():
+    """spaCy's blank-English tokenizer, as fastai uses it, built once per process (on first use).
+
+    fastai also registers its special tokens as spaCy special cases. Those change no output, since
+    spaCy's English rules never split a run of lowercase letters (the tests check it), but every
+    special-case hit turns spaCy's cache off for the rest of the document: 3 to 4 times slower.
+    """
+    if spacy is None:
+        raise ImportError("AWDLSTMTokenizer needs spaCy 3.8 to tokenize text: pip install 'spacy>=3.8,<3.9'")
+    return spacy.blank("en").tokenizer
+
+
+def fastai_tokenize_batch(texts: Iterable[str]) -> list[list[str]]:
+    """Tokenize raw texts exactly like fastai's training path, leading 'xxbos' included.
+
+    Rules, then spaCy, then the post-rule turning spaces inside (whitespace) tokens into '▁', which is
+    the form fastai vocabularies are built from. The spaCy tokenizer is a per-process module cache,
+    so this plain function pickles and hashes deterministically for `datasets.map(num_proc=...)`.
+    """
+    docs = _spacy_tokenizer().pipe(apply_fastai_rules(text) for text in texts)
+    return [[token.text.replace(" ", "▁") for token in doc] for doc in docs]
+
+
+# ----------------------------------------------------------------------------------------------
+# Vocabulary
+# ----------------------------------------------------------------------------------------------
+
+
+def build_vocab(token_counts: Mapping[str, int], min_freq: int = 3, max_vocab: int = 60000) -> list[str]:
+    """fastai's `make_vocab`: the itos list of a new vocabulary.
+
+    The `max_vocab` most common tokens are taken first and then filtered by `min_freq` (ties keep the
+    insertion order of `token_counts`); the special tokens are moved to the front, the list is cut to
+    `max_vocab`, and 1 to 8 'xxfake' entries pad it to a multiple of 8 (8 when it already is one).
+    """
+    vocab = [token for token, count in Counter(token_counts).most_common(max_vocab) if count >= min_freq]
+    for token in reversed(SPECIAL_TOKENS):
+        if token in vocab:
+            vocab.remove(token)
+        vocab.insert(0, token)
+    vocab = vocab[:max_vocab]
+    return vocab + [FAKE] * (8 - len(vocab) % 8)
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """An unpickler that refuses every global, so a malicious pickle cannot run code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(
+            f"refusing to load the global '{module}.{name}': a fastai itos.pkl only holds a list of str"
+        )
+
+
+def _check_itos(itos, source: str) -> list[str]:
+    """Return `itos` if it is a non-empty list of str, else raise a ValueError naming `source`."""
+    if not isinstance(itos, list):
+        raise ValueError(f"{source} should hold a vocabulary (a list of str), not a {type(itos).__name__}")
+    if not itos:
+        raise ValueError(f"{source} holds an empty vocabulary")
+    for index, token in enumerate(itos):
+        if not isinstance(token, str):
+            raise ValueError(
+                f"{source} should hold a vocabulary (a list of str): entry {index} is a {type(token).__name__}"
+            )
+    return itos
+
+
+def read_itos_pickle(path: str | os.PathLike) -> list[str]:
+    """Read fastai's `itos.pkl` (a pickled list of str) without allowing any global in the pickle."""
+    with open(path, "rb") as f:
+        try:
+            itos = _NoGlobalsUnpickler(f).load()
+        except pickle.UnpicklingError as error:
+            raise pickle.UnpicklingError(f"{path}: {error}") from None
+    return _check_itos(itos, str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Detokenization
+# ----------------------------------------------------------------------------------------------
+
+# A token starting with one of these closes something or is trailing punctuation: no space before it.
+_NO_SPACE_BEFORE = frozenset(".,!?;:)]}%…”’»")
+# spec_add_spaces and spaCy's infixes split these out of words ('9/10', 'x-men'): join both neighbours.
+_JOINERS = frozenset(["/", "\\", "-"])
+# After one of these tokens the next token follows without a space ('$12', '(word', '#1').
+_NO_SPACE_AFTER = frozenset(["(", "[", "{", "“", "‘", "«", "$", "#"]) | _JOINERS
+# spaCy splits English clitics off their word ("do n't", "it 's"); glue them back.
+_CLITICS = frozenset(
+    clitic.replace("'", apostrophe) for clitic in ("n't", "'s", "'m", "'re", "'ve", "'ll", "'d") for apostrophe in "'’"
+)
+_QUOTES = frozenset(['"', "'"])
+
+
+def _is_whitespace_token(token: str) -> bool:
+    return token.replace("▁", " ").isspace()
+
+
+def _detokenize(tokens: list[str]) -> str:
+    """Readable text from fastai tokens: undo the markers, glue punctuation, clitics and line breaks.
+
+    A word-starting first token gets a leading space, since callers such as the text-generation
+    pipeline append the result to the prompt; a leading 'xxbos' (a whole document) means no space.
+    """
+    pieces = []
+    glue_next = False  # no space before the next token
+    case_marker = repeat_marker = None
+    repeat_count = None
+    open_quotes = set()
+    for token in tokens:
+        if repeat_marker is not None and repeat_count is None:
+            if token.isdecimal():
+                repeat_count = int(token)
+                continue
+            repeat_marker = None  # a marker without a count: drop it, keep the token
+        if token in (BOS, PAD):
+            glue_next = glue_next or (token == BOS and not pieces)  # a whole document: no leading space
+            continue
+        if token in (TK_MAJ, TK_UP):
+            case_marker = token
+            continue
+        if token in (TK_REP, TK_WREP):
+            repeat_marker, repeat_count = token, None
+            continue
+
+        if _is_whitespace_token(token):
+            pieces.append(token.replace("▁", " "))
+            glue_next = True
+            case_marker = repeat_marker = None
+            continue
+
+        text = token
+        if case_marker == TK_MAJ:
+            text = text[:1].upper() + text[1:]
+        elif case_marker == TK_UP or text == "i":  # fastai lowers a lone 'I' without a marker
+            text = text.upper()
+        case_marker = None
+
+        space = not glue_next
+        glue_next = token in _NO_SPACE_AFTER
+        if token in _QUOTES:
+            if token in open_quotes:
+                open_quotes.remove(token)
+                space = False
+            else:
+                open_quotes.add(token)
+                glue_next = True
+        elif token in _JOINERS or token[:1] in _NO_SPACE_BEFORE or token.lower() in _CLITICS:
+            space = False
+
+        if repeat_marker == TK_REP:
+            # 's xxrep 4 o' was 'soooo' and '1 xxrep 3 0' was '1000': a run of letters or digits
+            # most often continues the word before it.
+            if text.isalnum() and pieces and pieces[-1][-1:].isalnum():
+                space = False
+            text *= repeat_count
+        elif repeat_marker == TK_WREP:
+            text = " ".join([text] * repeat_count)
+        repeat_marker = None
+
+        pieces.append(" " + text if space else text)
+    return "".join(pieces)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer
+# ----------------------------------------------------------------------------------------------
+
+
+class AWDLSTMTokenizer(PreTrainedTokenizer):
+    """
+    fastai's default word-level text pipeline (spaCy 3.8 and fastai's rules) with a fastai vocabulary.
+
+    `tokenize` gives fastai's tokens without the leading 'xxbos'; encoding with special tokens
+    prepends it, as fastai does. Only 'xxunk', 'xxpad', 'xxbos' and 'xxeos' are special tokens: the
+    rule markers ('xxmaj', 'xxup', 'xxrep', 'xxwrep', 'xxfld') are ordinary vocabulary entries, so
+    `skip_special_tokens=True` keeps their effect on decoding. Input text is never split on special
+    token strings: as in fastai, a literal 'xxbos' goes through the rules and spaCy like other text.
+
+    The vocabulary is fastai's ordered itos list, duplicates included (fastai pads it to a multiple
+    of 8 with 'xxfake'), so `len(tokenizer)` is the number of embedding rows. A token maps to its
+    first position, 'xxfake' and unknown tokens to 0.
+
+    Args:
+        vocab_file (`str`, *optional*):
+            A JSON file holding the itos list (as written by `save_pretrained`).
+        itos (`list[str]`, *optional*):
+            The itos list itself, instead of `vocab_file` (see `from_itos`).
+    """
+
+    vocab_files_names = VOCAB_FILES_NAMES
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(
+        self,
+        vocab_file: str | None = None,
+        itos: list[str] | None = None,
+        unk_token: str = UNK,
+        pad_token: str = PAD,
+        bos_token: str = BOS,
+        eos_token: str = EOS,
+        **kwargs,
+    ):
+        if itos is None:
+            if vocab_file is None:
+                source = kwargs.get("name_or_path") or "the arguments"
+                raise ValueError(
+                    f"No vocabulary for AWDLSTMTokenizer in {source}: pass `itos` or a `vocab_file` "
+                    f"('{VOCAB_FILES_NAMES['vocab_file']}', written by save_pretrained)"
+                )
+            with open(vocab_file, encoding="utf-8") as f:
+                itos = _check_itos(json.load(f), vocab_file)
+        else:
+            itos = _check_itos(list(itos), "itos")
+        self._itos = itos
+        self._token_to_id = {}
+        for index, token in enumerate(itos):
+            if token != FAKE:
+                self._token_to_id.setdefault(token, index)
+
+        kwargs.setdefault("special_tokens_pattern", "bos")
+        # fastai never splits text on special token strings, and our decoding does its own spacing.
+        kwargs.setdefault("split_special_tokens", True)
+        kwargs.setdefault("clean_up_tokenization_spaces", False)
+        super().__init__(unk_token=unk_token, pad_token=pad_token, bos_token=bos_token, eos_token=eos_token, **kwargs)
+
+    @classmethod
+    def from_itos(cls, itos: Iterable[str], **kwargs) -> "AWDLSTMTokenizer":
+        """A tokenizer for a fastai vocabulary (e.g. `read_itos_pickle("itos.pkl")` or `learn.dls.vocab`)."""
+        return cls(itos=list(itos), **kwargs)
+
+    @classmethod
+    def from_counts(
+        cls, token_counts: Mapping[str, int], min_freq: int = 3, max_vocab: int = 60000, **kwargs
+    ) -> "AWDLSTMTokenizer":
+        """A tokenizer with a new vocabulary built from token counts, like fastai's `Numericalize`."""
+        return cls.from_itos(build_vocab(token_counts, min_freq=min_freq, max_vocab=max_vocab), **kwargs)
+
+    @property
+    def itos(self) -> list[str]:
+        """The vocabulary as fastai's ordered id -> token list (a copy)."""
+        return list(self._itos)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._itos)
+
+    def get_vocab(self) -> dict[str, int]:
+        return {**self._token_to_id, **self._added_tokens_encoder}
+
+    def _update_total_vocab_size(self):
+        # One past the highest id: `len(get_vocab())` would miss the duplicate 'xxfake' entries.
+        self.total_vocab_size = max(len(self._itos), max(self._added_tokens_decoder, default=-1) + 1)
+
+    def _add_tokens(self, new_tokens: list[str] | list[AddedToken], special_tokens: bool = False) -> int:
+        # PythonBackend numbers new tokens from `len(get_vocab())`, which is smaller than the itos when
+        # it holds several 'xxfake' entries: new tokens would take the ids of existing rows.
+        added = 0
+        for token in new_tokens or []:
+            if not isinstance(token, (str, AddedToken)):
+                raise TypeError(f"Token {token!r} is not a str or an AddedToken but a {type(token)}.")
+            content = str(token)
+            if not content or content in self._added_tokens_encoder:
+                continue
+            if isinstance(token, str):
+                is_special = special_tokens or content in self.all_special_tokens
+                token = AddedToken(content, rstrip=False, lstrip=False, normalized=not is_special, special=is_special)
+            elif special_tokens:
+                token.special = True
+            if content in self._token_to_id:
+                index = self._token_to_id[content]
+            else:
+                index = len(self)
+                added += 1
+            if token.special and content not in self.all_special_tokens:
+                self._extra_special_tokens.append(token)
+            self._added_tokens_decoder[index] = token
+            self._added_tokens_encoder[content] = index
+            self._update_total_vocab_size()
+        self._update_trie()
+        return added
+
+    def _tokenize(self, text: str, **kwargs) -> list[str]:
+        return fastai_tokenize_batch([text])[0][1:]  # fastai's tokens minus the leading 'xxbos'
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return self._token_to_id.get(token, UNK_ID)
+
+    def _convert_id_to_token(self, index: int) -> str:
+        if not 0 <= index < len(self._itos):
+            raise IndexError(f"Token id {index} is outside the vocabulary (0 to {len(self._itos) - 1})")
+        return self._itos[index]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return _detokenize(tokens)
+
+    def _decode(
+        self,
+        token_ids: int | list[int],
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+        **kwargs,
+    ) -> str:
+        tokens = self.convert_ids_to_tokens(token_ids)
+        if isinstance(tokens, str):
+            tokens = [tokens]
+        if skip_special_tokens:
+            # Keep xxbos and xxpad, which `convert_tokens_to_string` drops itself: a leading xxbos
+            # tells it that this is a whole document, decoded without a leading space.
+            skipped = set(self.all_special_tokens) - {BOS, PAD}
+            tokens = [token for token in tokens if token not in skipped]
+        text = self.convert_tokens_to_string(tokens)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
+        if not os.path.isdir(save_directory):
+            raise NotADirectoryError(f"Vocabulary path ({save_directory}) should be a directory")
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        vocab_file = os.path.join(save_directory, prefix + VOCAB_FILES_NAMES["vocab_file"])
+        with open(vocab_file, "w", encoding="utf-8") as f:
+            json.dump(self._itos, f, indent=0)
+            f.write("\n")
+        return (vocab_file,)
+
+
+__all__ = [
+    "AWDLSTMTokenizer",
+    "SPECIAL_TOKENS",
+    "apply_fastai_rules",
+    "build_vocab",
+    "fastai_tokenize_batch",
+    "read_itos_pickle",
+]
