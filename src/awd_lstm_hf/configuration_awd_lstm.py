@@ -58,6 +58,8 @@ class AWDLSTMConfig(PreTrainedConfig):
     """
 
     model_type = "awd_lstm"
+    # Outputs Trainer must not gather during evaluation: the state and the per-token encoder outputs.
+    keys_to_ignore_at_inference = ["cache", "last_hidden_state", "dropped_hidden_state", "hidden_states", "pooled_mask"]
 
     vocab_size: int = 60008
     embedding_size: int = 400

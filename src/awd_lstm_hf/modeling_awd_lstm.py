@@ -152,6 +152,9 @@ class AWDLSTMLayer(nn.Module):
         """`x` is (batch, time, features) with every row's real tokens first; `lengths` (all >= 1) gives
         how many, or is None when every row is full. Pad positions come out as zeros and never touch the
         state."""
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN's CPU LSTM under autocast only accepts input already in the autocast dtype.
+            x = x.to(torch.get_autocast_dtype("cpu"))
         weight_hh = F.dropout(self.weight_hh_l0_raw, self.weight_p, self.training)
         params = [self.weight_ih_l0, weight_hh, self.bias_ih_l0, self.bias_hh_l0]
         if lengths is None:

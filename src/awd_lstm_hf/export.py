@@ -1,0 +1,82 @@
+"""Writing a complete model folder: config, safetensors, tokenizer, the modeling code for
+`trust_remote_code`, and a model card whose YAML metadata carries the measured results."""
+
+from pathlib import Path
+
+import yaml
+from transformers import PreTrainedModel, PreTrainedTokenizer
+
+from .configuration_awd_lstm import AWDLSTMConfig
+from .modeling_awd_lstm import AWDLSTMForCausalLM, AWDLSTMForSequenceClassification, AWDLSTMModel
+from .tokenization_awd_lstm import AWDLSTMTokenizer
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "awd_lstm.md"
+AUTO_MAP = {
+    "AutoConfig": "configuration_awd_lstm.AWDLSTMConfig",
+    "AutoModel": "modeling_awd_lstm.AWDLSTMModel",
+    "AutoModelForCausalLM": "modeling_awd_lstm.AWDLSTMForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_awd_lstm.AWDLSTMForSequenceClassification",
+}
+
+
+def register_for_remote_code() -> None:
+    """Make `save_pretrained` copy our code files next to the weights (see hf_integration.md section 2)."""
+    AWDLSTMConfig.register_for_auto_class()
+    AWDLSTMModel.register_for_auto_class("AutoModel")
+    AWDLSTMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+    AWDLSTMForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+    AWDLSTMTokenizer.register_for_auto_class("AutoTokenizer")
+
+
+def model_card_text(model: PreTrainedModel, *, model_id: str, provenance: str, results: dict[str, float],
+                    dataset: str = "stanfordnlp/imdb", base_model: str | None = None,
+                    template: Path = MODEL_CARD_TEMPLATE) -> str:
+    """The README.md of a model folder, with `model-index` metadata listing `results` (name -> value)."""
+    is_lm = isinstance(model, AWDLSTMForCausalLM)
+    pipeline_tag = "text-generation" if is_lm else "text-classification"
+    task_name = "Text Generation" if is_lm else "Text Classification"
+    metadata = {
+        "license": "apache-2.0",
+        "language": ["en"],
+        "library_name": "transformers",
+        "pipeline_tag": pipeline_tag,
+        "datasets": [dataset],
+        "tags": ["awd-lstm", "ulmfit", "fastai", "lstm", "custom_code"],
+        "model-index": [{
+            "name": model_id,
+            "results": [{
+                "task": {"type": pipeline_tag, "name": task_name},
+                "dataset": {"type": dataset, "name": "IMDB"},
+                "metrics": [{"type": name, "name": name, "value": round(float(value), 6)} for name, value in results.items()],
+            }],
+        }],
+    }
+    if base_model:
+        metadata["base_model"] = base_model
+    config = model.config
+    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in results.items())
+    return template.read_text().format(
+        metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
+        title=model_id,
+        task_description="language model" if is_lm else "sentiment classifier (neg/pos)",
+        provenance=provenance,
+        vocab_size=config.vocab_size,
+        embedding_size=config.embedding_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        results=f"| metric | value |\n|---|---|\n{rows}" if results else "Not measured.",
+        pipeline_tag=pipeline_tag,
+        model_id=model_id,
+    )
+
+
+def save_model_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizer, output_dir: str | Path,
+                      card: str) -> Path:
+    """Save everything a user (with or without our package) needs to load `output_dir`."""
+    output_dir = Path(output_dir)
+    register_for_remote_code()
+    model.config.auto_map = dict(AUTO_MAP)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    (output_dir / "README.md").write_text(card)
+    return output_dir

@@ -1,0 +1,304 @@
+"""The ULMFiT training recipe on `transformers.Trainer`, as fastai 2.8.12's text learners run it.
+
+Each fastai concept has one home here:
+- `layer_groups`: fastai's splitters (`awd_lstm_lm_split`, `awd_lstm_clas_split`);
+- `build_optimizer`: fastai's Adam (beta2 0.99, eps 1e-5, decoupled weight decay and its exemptions),
+  one param group per layer group with discriminative learning rates;
+- `OneCycleSchedule`: `fit_one_cycle` (cosine pieces, div 25, final div 1e5, beta1 cycled 0.8/0.7/0.8);
+- `activation_regularization`: AR/TAR (`RNNRegularizer`, alpha 2, beta 1), training only;
+- `LMTrainer`: stateful BPTT, the hidden state carried from batch to batch (fastai's `ModelResetter`
+  resets it per epoch and per validation);
+- `fit_one_cycle`: one call = one `Trainer.train()` with its own schedule, after `freeze_to`, like
+  fastai's `learn.freeze_to(n); learn.fit_one_cycle(...)`.
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .modeling_awd_lstm import AWDLSTMForCausalLM, AWDLSTMForSequenceClassification
+
+logger = logging.getLogger(__name__)
+
+ADAM_BETA2 = 0.99  # fastai Adam sqr_mom
+ADAM_EPS = 1e-5  # fastai Adam eps
+AR_ALPHA, TAR_BETA = 2.0, 1.0  # fastai TextLearner's RNNRegularizer defaults
+DISCRIMINATIVE_FACTOR = 2.6  # ULMFiT's slice(lr / 2.6**4, lr)
+
+
+def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """fastai's splitters. LM: [rnn0], [rnn1], ..., [embedding = tied decoder, decoder bias].
+    Classifier: [embedding], [rnn0], ..., [head]. `freeze_to(-n)` trains the last n groups."""
+    encoder = model.model
+    rnn_groups = [list(layer.parameters()) for layer in encoder.rnns]
+    if isinstance(model, AWDLSTMForCausalLM):
+        embedding_group = list(encoder.encoder.parameters())
+        embedding_group += [p for p in model.lm_head.parameters() if all(p is not q for q in embedding_group)]
+        return [*rnn_groups, embedding_group]
+    if isinstance(model, AWDLSTMForSequenceClassification):
+        return [list(encoder.encoder.parameters()), *rnn_groups, list(model.classifier.parameters())]
+    raise TypeError(f"no layer groups for {type(model).__name__}")
+
+
+def freeze_to(model: nn.Module, n_trainable: int | None) -> None:
+    """Train only the last `n_trainable` layer groups (None: all, fastai's `unfreeze`). BatchNorm stays
+    trainable everywhere (fastai `train_bn=True`)."""
+    groups = layer_groups(model)
+    n_frozen = 0 if n_trainable is None else max(len(groups) - n_trainable, 0)
+    for index, group in enumerate(groups):
+        for param in group:
+            param.requires_grad_(index >= n_frozen)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d):
+            module.requires_grad_(True)
+
+
+def discriminative_lrs(lr: float, n_groups: int, discriminative: bool = True) -> list[float]:
+    """fastai `slice(lr / 2.6**(n-1), lr)`: geometric from the first group to the last; or one lr for all."""
+    if not discriminative:
+        return [lr] * n_groups
+    return [lr / DISCRIMINATIVE_FACTOR ** (n_groups - 1 - index) for index in range(n_groups)]
+
+
+def _exempt_from_weight_decay(model: nn.Module) -> set[int]:
+    """fastai (`wd_bn_bias=False`) skips BatchNorm parameters and the `.bias` of modules whose bias is a
+    tensor (the decoder bias). The LSTM biases are decayed, as in fastai (nn.LSTM.bias is a bool)."""
+    exempt = set()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d):
+            exempt |= {id(p) for p in module.parameters(recurse=False)}
+        elif isinstance(module, nn.Linear) and module.bias is not None:
+            exempt.add(id(module.bias))
+    return exempt
+
+
+def build_optimizer(model: nn.Module, lrs: list[float], weight_decay: float) -> torch.optim.AdamW:
+    """fastai's Adam with decoupled weight decay equals AdamW(betas=(beta1, 0.99), eps=1e-5); one decayed
+    and one exempt param group per layer group, each with its own max lr. Frozen parameters are left out
+    (fastai gives them no gradient and no decay)."""
+    exempt = _exempt_from_weight_decay(model)
+    param_groups = []
+    for group, lr in zip(layer_groups(model), lrs, strict=True):
+        trainable = [p for p in group if p.requires_grad]
+        for decay in (True, False):
+            params = [p for p in trainable if (id(p) in exempt) != decay]
+            if params:
+                param_groups.append({"params": params, "lr": lr, "weight_decay": weight_decay if decay else 0.0})
+    return torch.optim.AdamW(param_groups, betas=(0.9, ADAM_BETA2), eps=ADAM_EPS)
+
+
+def _cosine(start: float, end: float, fraction: float) -> float:
+    return start + (end - start) * (1 - math.cos(math.pi * fraction)) / 2
+
+
+class OneCycleSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """fastai v2 `fit_one_cycle`: lr goes max/div -> max (cosine) over the first `pct_start` of the steps,
+    then max -> max/div_final; Adam's beta1 goes 0.8 -> 0.7 -> 0.8 on the same clock. Each param group
+    follows the shape scaled by its own max lr."""
+
+    def __init__(self, optimizer, total_steps: int, pct_start=0.25, div=25.0, div_final=1e5, moms=(0.8, 0.7, 0.8)):
+        self.total_steps = max(total_steps, 1)
+        self.pct_start, self.div, self.div_final, self.moms = pct_start, div, div_final, moms
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        position = min(self.last_epoch / self.total_steps, 1.0)  # fraction of steps done before this one
+        if position < self.pct_start:
+            fraction = position / self.pct_start
+            scales, beta1 = (1 / self.div, 1.0), _cosine(self.moms[0], self.moms[1], fraction)
+        else:
+            fraction = (position - self.pct_start) / (1 - self.pct_start)
+            scales, beta1 = (1.0, 1 / self.div_final), _cosine(self.moms[1], self.moms[2], fraction)
+        for group in self.optimizer.param_groups:  # beta1 is scheduled together with the lr
+            group["betas"] = (beta1, group["betas"][1])
+        return [_cosine(base * scales[0], base * scales[1], fraction) for base in self.base_lrs]
+
+
+def activation_regularization(raw: torch.Tensor, dropped: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """AR (alpha * mean of the dropped last-layer output squared) + TAR (beta * mean squared change of
+    the raw output between consecutive time steps), as fastai's RNNRegularizer, in float32. With a mask,
+    only real positions (and pairs of consecutive real positions) count."""
+    raw, dropped = raw.float(), dropped.float()
+    if mask is None:
+        ar = dropped.pow(2).mean()
+        tar = (raw[:, 1:] - raw[:, :-1]).pow(2).mean() if raw.shape[1] > 1 else raw.new_zeros(())
+    else:
+        weights = mask.unsqueeze(-1).float()
+        ar = (dropped.pow(2) * weights).sum() / (weights.sum() * raw.shape[-1]).clamp(min=1)
+        pair_weights = weights[:, 1:] * weights[:, :-1]
+        tar = ((raw[:, 1:] - raw[:, :-1]).pow(2) * pair_weights).sum() / (pair_weights.sum() * raw.shape[-1]).clamp(min=1)
+    return AR_ALPHA * ar + TAR_BETA * tar
+
+
+def _with_hidden_regularizer(loss: torch.Tensor, regularizer: torch.Tensor) -> torch.Tensor:
+    """Add AR/TAR to the gradient but not to the reported value (fastai logs the loss without them)."""
+    return loss + (regularizer - regularizer.detach())
+
+
+@dataclass
+class Stage:
+    """One `fit_one_cycle` call: `train_last` layer groups trainable (None: all), max lr of the last group,
+    discriminative (`slice(lr/2.6**k, lr)`) or one lr for all, epochs."""
+
+    epochs: float
+    lr: float
+    train_last: int | None = None
+    discriminative: bool = True
+    pct_start: float = 0.25
+
+
+class ULMFiTTrainer(Trainer):
+    """A Trainer running one `Stage`: fastai's optimizer over the layer groups with the stage's
+    (discriminative) max lrs, and the one-cycle schedule."""
+
+    def __init__(self, *args, stage: Stage, **kwargs):
+        self.stage = stage
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            lrs = discriminative_lrs(self.stage.lr, len(layer_groups(self.model)), self.stage.discriminative)
+            self.optimizer = build_optimizer(self.model, lrs, self.args.weight_decay)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        if self.lr_scheduler is None:
+            self.lr_scheduler = OneCycleSchedule(optimizer or self.optimizer, num_training_steps, pct_start=self.stage.pct_start)
+        return self.lr_scheduler
+
+
+class _ResetLMState(TrainerCallback):
+    def __init__(self, trainer: "LMTrainer"):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.trainer.lm_state["train"] = None
+
+
+class LMTrainer(ULMFiTTrainer):
+    """Stateful BPTT: batches are consecutive windows of the same rows (see `data.LMStreamDataset`), so the
+    state after batch k is the starting state of batch k+1, detached. Evaluation starts from zeros, and
+    reports token accuracy and perplexity without gathering vocabulary-sized logits."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lm_state = {"train": None, "eval": None}
+        self._eval_counts = None
+        self.add_callback(_ResetLMState(self))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        outputs = model(**inputs, cache=self.lm_state[mode], use_cache=True)
+        self.lm_state[mode] = outputs.cache.detach_()
+        loss = outputs.loss
+        if model.training:
+            loss = _with_hidden_regularizer(loss, activation_regularization(outputs.last_hidden_state, outputs.dropped_hidden_state))
+        elif self._eval_counts is not None:
+            predictions = outputs.logits.argmax(-1)
+            self._eval_counts += torch.stack(
+                [(predictions == inputs["shift_labels"]).sum(), inputs["shift_labels"].new_tensor(predictions.numel())]
+            ).to(self._eval_counts)
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        self.lm_state["eval"] = None
+        self._eval_counts = torch.zeros(2, dtype=torch.long, device=self.args.device)
+        try:
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            counts, self._eval_counts = self.accelerator.reduce(self._eval_counts, reduction="sum"), None
+        metrics[f"{metric_key_prefix}_accuracy"] = counts[0].item() / max(counts[1].item(), 1)
+        metrics[f"{metric_key_prefix}_perplexity"] = math.exp(metrics[f"{metric_key_prefix}_loss"])
+        self.log({key: metrics[key] for key in (f"{metric_key_prefix}_accuracy", f"{metric_key_prefix}_perplexity")})
+        return metrics
+
+
+class ClassifierTrainer(ULMFiTTrainer):
+    """Adds AR/TAR on the pooled-window encoder outputs in training, as fastai's TextLearner does."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if model.training:
+            hidden = outputs.last_hidden_state
+            loss = _with_hidden_regularizer(loss, activation_regularization(hidden, hidden, outputs.pooled_mask))
+        return (loss, outputs) if return_outputs else loss
+
+
+def classification_accuracy(eval_prediction) -> dict[str, float]:
+    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+    return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
+
+
+def mixed_precision() -> dict:
+    """fp16 with loss scaling on CUDA; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), else fp32."""
+    if torch.cuda.is_available():
+        return {"fp16": True}
+    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return {"bf16": True, "use_cpu": True} if native_bf16 else {"use_cpu": True}
+
+
+def describe_precision(precision: dict) -> str:
+    if precision.get("fp16"):
+        return "fp16 mixed precision with loss scaling (CUDA)"
+    if precision.get("bf16"):
+        return "bf16 autocast (CPU with native bf16)"
+    return "fp32 (this CPU has no native bf16; bf16 would be emulated and slower)"
+
+
+def fit_one_cycle(
+    model: nn.Module,
+    stage: Stage,
+    train_dataset,
+    eval_dataset,
+    *,
+    trainer_class: type[ULMFiTTrainer],
+    output_dir: str,
+    batch_size: int,
+    weight_decay: float,
+    seed: int,
+    data_collator=None,
+    compute_metrics=None,
+    sampling: str = "random",
+    **argument_overrides,
+) -> tuple[Trainer, dict]:
+    """fastai `freeze_to(-train_last); fit_one_cycle(epochs, lr)` as one `Trainer.train()`: a fresh
+    optimizer (fastai clears its state at every freeze change) and a fresh one-cycle schedule. Freezing
+    happens before the Trainer wraps the model, so DDP sees a fixed set of trainable parameters."""
+    freeze_to(model, stage.train_last)
+    arguments = TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        num_train_epochs=stage.epochs,
+        weight_decay=weight_decay,
+        seed=seed,
+        train_sampling_strategy=sampling,
+        eval_strategy="epoch" if eval_dataset is not None else "no",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=25,
+        dataloader_drop_last=sampling == "sequential",
+        remove_unused_columns=False,
+        prediction_loss_only=compute_metrics is None,
+        **mixed_precision(),
+        **argument_overrides,
+    )
+    trainer = trainer_class(
+        model=model,
+        args=arguments,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=data_collator,
+        compute_metrics=compute_metrics,
+        stage=stage,
+    )
+    result = trainer.train()
+    freeze_to(model, None)
+    return trainer, result.metrics
+
