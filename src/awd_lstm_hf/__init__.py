@@ -5,6 +5,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
 )
 
 from .configuration_awd_lstm import AWDLSTMConfig
@@ -15,11 +16,13 @@ from .modeling_awd_lstm import (
     AWDLSTMModel,
     AWDLSTMPreTrainedModel,
 )
+from .tokenization_awd_lstm import AWDLSTMTokenizer
 
 AutoConfig.register(AWDLSTMConfig.model_type, AWDLSTMConfig, exist_ok=True)
 AutoModel.register(AWDLSTMConfig, AWDLSTMModel, exist_ok=True)
 AutoModelForCausalLM.register(AWDLSTMConfig, AWDLSTMForCausalLM, exist_ok=True)
 AutoModelForSequenceClassification.register(AWDLSTMConfig, AWDLSTMForSequenceClassification, exist_ok=True)
+AutoTokenizer.register(AWDLSTMConfig, tokenizer_class=AWDLSTMTokenizer, exist_ok=True)
 
 __all__ = [
     "AWDLSTMCache",
@@ -28,4 +31,5 @@ __all__ = [
     "AWDLSTMForSequenceClassification",
     "AWDLSTMModel",
     "AWDLSTMPreTrainedModel",
+    "AWDLSTMTokenizer",
 ]

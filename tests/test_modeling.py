@@ -1,0 +1,277 @@
+"""The models against fastai's own outputs, and the invariants fastai gets wrong (padding, state leaks)."""
+
+import threading
+
+import pytest
+import torch
+
+from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMForSequenceClassification, AWDLSTMModel
+from awd_lstm_hf.convert import convert_fastai_checkpoint, load_fastai_state_dict
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def cases(fixtures_dir):
+    return torch.load(fixtures_dir / "fastai_awd_lstm" / "cases.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def fastai_lm(fixtures_dir):
+    return convert_fastai_checkpoint(load_fastai_state_dict(fixtures_dir / "fastai_awd_lstm" / "lm_model.pth"), "lm")
+
+
+@pytest.fixture(scope="module")
+def fastai_classifier(fixtures_dir, cases):
+    state = load_fastai_state_dict(fixtures_dir / "fastai_awd_lstm" / "clas_model.pth")
+    return convert_fastai_checkpoint(
+        state, "classification", bptt=int(cases["clas_seq_len"]), max_len=int(cases["clas_max_len"])
+    )
+
+
+def tiny_config(**overrides):
+    return AWDLSTMConfig(vocab_size=50, embedding_size=8, hidden_size=12, num_hidden_layers=3, bptt=4, max_len=12, **overrides)
+
+
+def pad_rows(rows, side, pad_id=1, width=None):
+    """A padded batch and its mask; `side` is 'left', 'right', or a list of per-row pad offsets."""
+    width = width or max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        start = {"left": width - len(row), "right": 0}[side] if isinstance(side, str) else side[i]
+        ids[i, start : start + len(row)] = torch.as_tensor(row)
+        mask[i, start : start + len(row)] = 1
+    return ids, mask
+
+
+# ---------------------------------------------------------------- fastai parity (acceptance 1)
+
+
+@torch.no_grad()
+def test_lm_logits_match_fastai_and_state_continues(fastai_lm, cases):
+    first = fastai_lm(cases["lm_x1"])
+    assert (first.logits - cases["lm_y1"]).abs().max() <= TOL
+    continued = fastai_lm(cases["lm_x2"], cache=first.cache)
+    assert (continued.logits - cases["lm_y2_continued"]).abs().max() <= TOL
+    fresh = fastai_lm(cases["lm_x2"])  # no state passed: starts from zeros, nothing leaks from the last call
+    assert (fresh.logits - cases["lm_y2_fresh"]).abs().max() <= TOL
+
+
+@torch.no_grad()
+def test_classifier_matches_fastai_alone_and_in_padded_batch(fastai_classifier, cases):
+    x, expected = cases["clas_x"], cases["clas_y_single"]
+    batched = fastai_classifier(x, attention_mask=(x != 1).long()).logits
+    assert (batched - expected).abs().max() <= TOL
+    for row, length in enumerate(cases["clas_lens"].tolist()):
+        alone = fastai_classifier(x[row : row + 1, -length:]).logits
+        assert (alone - expected[row]).abs().max() <= TOL
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("side", ["right", [3, 0, 20, 7]])
+def test_classifier_padding_side_does_not_matter(fastai_classifier, cases, side):
+    x = cases["clas_x"]
+    rows = [x[i, -n:].tolist() for i, n in enumerate(cases["clas_lens"].tolist())]
+    ids, mask = pad_rows(rows, side, width=60)
+    logits = fastai_classifier(ids, attention_mask=mask).logits
+    assert (logits - cases["clas_y_single"]).abs().max() <= TOL
+
+
+# ---------------------------------------------------------------- padding and state, whole classes
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("side", ["left", "right", [0, 2, 5]])
+def test_lm_padded_batch_equals_each_row_alone(side):
+    torch.manual_seed(0)
+    model = AWDLSTMForCausalLM(tiny_config()).eval()
+    rows = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [1, 1, 15, 16]]  # id 1 inside a row is a real token here
+    ids, mask = pad_rows(rows, side, width=11)
+    out = model(ids, attention_mask=mask)
+    for i, row in enumerate(rows):
+        alone = model(torch.tensor([row]))
+        positions = mask[i].bool()
+        assert (out.logits[i, positions] - alone.logits[0]).abs().max() <= TOL
+        for (h, c), (h1, c1) in zip(out.cache.states, alone.cache.states):
+            assert (h[:, i] - h1[:, 0]).abs().max() <= TOL and (c[:, i] - c1[:, 0]).abs().max() <= TOL
+        assert out.last_hidden_state[i, ~positions].abs().max() == 0  # pads output zeros
+
+
+@torch.no_grad()
+def test_attention_mask_alone_defines_padding():
+    """Token id 1 (xxpad) with mask 1 is a real token; without a mask every token is real."""
+    model = AWDLSTMForCausalLM(tiny_config()).eval()
+    ids = torch.tensor([[4, 1, 1, 6]])
+    unmasked = model(ids).logits
+    assert torch.equal(model(ids, attention_mask=torch.ones_like(ids)).logits, unmasked)
+    masked = model(ids, attention_mask=torch.tensor([[1, 0, 0, 1]])).logits
+    assert (masked[0, 3] - model(torch.tensor([[4, 6]])).logits[0, 1]).abs().max() <= TOL
+
+
+@torch.no_grad()
+def test_all_padding_row_keeps_its_state():
+    model = AWDLSTMForCausalLM(tiny_config()).eval()
+    start = model(torch.tensor([[3, 4], [5, 6]]))
+    out = model(torch.tensor([[7, 8], [1, 1]]), attention_mask=torch.tensor([[1, 1], [0, 0]]), cache=start.cache)
+    for (h0, c0), (h1, c1) in zip(start.cache.states, out.cache.states):
+        assert torch.equal(h0[:, 1], h1[:, 1]) and torch.equal(c0[:, 1], c1[:, 1])
+    assert out.cache.seen_tokens == 4
+
+
+@torch.no_grad()
+def test_no_state_leaks_between_calls():
+    model = AWDLSTMForSequenceClassification(tiny_config()).eval()
+    ids = torch.randint(9, 50, (2, 30))
+    first = model(ids).logits
+    model(torch.randint(9, 50, (5, 17)))
+    assert torch.equal(model(ids).logits, first)
+
+
+@torch.no_grad()
+def test_classifier_pools_fastai_window_of_long_documents():
+    """fastai SentenceEncoder: chunks counted from the first token, a chunk starting at i pooled when
+    length - i <= max_len. Recomputed here by hand from the encoder, chunk by chunk."""
+    torch.manual_seed(1)
+    model = AWDLSTMForSequenceClassification(tiny_config()).eval()
+    doc = torch.randint(9, 50, (1, 23))  # bptt 4, max_len 12: chunks at 0,4,...,20; pooled from 12 (23-12=11)
+    state = model.model.zero_state(1)
+    outputs = []
+    for start in range(0, 23, 4):
+        out = model.model(doc[:, start : start + 4], cache=state)
+        state = out.cache
+        if 23 - start <= 12:
+            outputs.append(out.last_hidden_state)
+    pooled = torch.cat(outputs, 1)[0]
+    features = torch.cat([pooled[-1], pooled.max(0).values, pooled.mean(0)])
+    expected = model.classifier(features.unsqueeze(0))
+    assert (model(doc).logits - expected).abs().max() <= TOL
+
+
+# ---------------------------------------------------------------- train vs eval, dropouts
+
+
+def test_eval_is_deterministic_and_training_uses_dropout():
+    torch.manual_seed(0)
+    model = AWDLSTMForCausalLM(tiny_config())
+    ids = torch.randint(9, 50, (4, 10))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model(ids).logits)
+        reference = model(ids).logits
+    model.train()
+    torch.manual_seed(1)
+    first = model(ids).logits
+    second = model(ids).logits
+    assert not torch.allclose(first, second)
+    assert not torch.allclose(first, reference)
+
+
+def test_training_without_dropout_equals_eval():
+    zero = dict(embed_p=0.0, input_p=0.0, weight_p=0.0, hidden_p=0.0, output_p=0.0)
+    model = AWDLSTMForCausalLM(tiny_config(**zero))
+    ids = torch.randint(9, 50, (3, 9))
+    trained = model.train()(ids).logits
+    assert (trained - model.eval()(ids).logits).abs().max() <= TOL
+
+
+def test_weight_dropout_gradient_reaches_raw_weights_where_kept():
+    model = AWDLSTMModel(tiny_config(embed_p=0.0, input_p=0.0, hidden_p=0.0, weight_p=0.5, drop_mult=1.0)).train()
+    torch.manual_seed(3)
+    model(torch.randint(9, 50, (2, 6))).last_hidden_state.pow(2).sum().backward()
+    grad = model.rnns[0].weight_hh_l0_raw.grad
+    assert grad is not None and grad.abs().sum() > 0
+    zero_fraction = (grad == 0).float().mean().item()
+    assert 0.3 < zero_fraction < 0.7  # about half of the matrix was dropped for this call
+    assert {name for name, _ in model.rnns[0].named_parameters()} == {
+        "weight_ih_l0", "weight_hh_l0_raw", "bias_ih_l0", "bias_hh_l0"
+    }
+
+
+def test_dropouts_follow_fastai_defaults_per_task(tmp_path):
+    lm = AWDLSTMForCausalLM(tiny_config())
+    assert lm.config.effective_dropouts() == pytest.approx(
+        dict(embed_p=0.02, input_p=0.25, weight_p=0.2, hidden_p=0.15, output_p=0.1)
+    )
+    lm.save_pretrained(tmp_path)
+    classifier = AWDLSTMForSequenceClassification.from_pretrained(tmp_path)
+    assert classifier.config.effective_dropouts() == pytest.approx(
+        dict(embed_p=0.025, input_p=0.2, weight_p=0.25, hidden_p=0.15, output_p=0.2)
+    )
+    assert [block.dropout.p for block in classifier.classifier.blocks] == pytest.approx([0.2, 0.1])
+    assert classifier.config.id2label == {0: "neg", 1: "pos"}
+    assert torch.equal(classifier.model.encoder.weight, lm.model.encoder.weight)
+
+
+# ---------------------------------------------------------------- save / load, tying
+
+
+@torch.no_grad()
+def test_save_load_round_trip_keeps_outputs_and_tie(tmp_path, fastai_lm, fastai_classifier, cases):
+    for model, inputs in ((fastai_lm, cases["lm_x1"]), (fastai_classifier, cases["clas_x"])):
+        folder = tmp_path / type(model).__name__
+        model.save_pretrained(folder)
+        assert (folder / "model.safetensors").exists()
+        loaded = type(model).from_pretrained(folder).eval()
+        assert torch.equal(loaded(inputs).logits, model(inputs).logits)
+    loaded_lm = AWDLSTMForCausalLM.from_pretrained(tmp_path / "AWDLSTMForCausalLM")
+    assert loaded_lm.lm_head.weight is loaded_lm.model.encoder.weight
+
+
+# ---------------------------------------------------------------- generation with the carried state
+
+
+class CountInputWidths:
+    def __init__(self, model):
+        self.widths = []
+        model.model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        self.widths.append(kwargs["input_ids"].shape[1])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_cached_greedy_generation_equals_recomputing_the_prefix(layers):
+    torch.manual_seed(layers)
+    model = AWDLSTMForCausalLM(
+        AWDLSTMConfig(vocab_size=60, embedding_size=8, hidden_size=12, num_hidden_layers=layers)
+    ).eval()
+    prompt = torch.randint(9, 60, (1, 7))
+    counter = CountInputWidths(model)
+    cached = model.generate(prompt, max_new_tokens=15, do_sample=False)
+    assert counter.widths == [7] + [1] * 14  # after the prompt, one token per step
+    uncached = model.generate(prompt, max_new_tokens=15, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    manual = prompt
+    for _ in range(15):  # an independent loop recomputing the whole prefix from zeros
+        logits = model(manual).logits[:, -1]
+        logits[:, model.config.unk_token_id] = float("-inf")
+        manual = torch.cat([manual, logits.argmax(-1, keepdim=True)], 1)
+    assert torch.equal(cached, manual)
+    assert model.config.unk_token_id not in cached[0, 7:].tolist()
+
+
+# ---------------------------------------------------------------- threads
+
+
+@torch.no_grad()
+def test_one_model_serves_several_threads():
+    torch.manual_seed(0)
+    model = AWDLSTMForSequenceClassification(tiny_config()).eval()
+    docs = [torch.randint(9, 50, (1, n)) for n in (5, 17, 30, 3, 26, 11)]
+    expected = [model(d).logits for d in docs]
+    results = {}
+
+    def work(index):
+        with torch.no_grad():  # grad mode is per thread
+            for _ in range(5):
+                results.setdefault(index, []).append(model(docs[index]).logits)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(docs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for index, outputs in results.items():
+        assert all(torch.equal(o, expected[index]) for o in outputs)
