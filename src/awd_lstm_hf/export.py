@@ -42,15 +42,16 @@ def model_card_text(model: PreTrainedModel, *, model_id: str, provenance: str, r
         "pipeline_tag": pipeline_tag,
         "datasets": [dataset],
         "tags": ["awd-lstm", "ulmfit", "fastai", "lstm", "custom_code"],
-        "model-index": [{
+    }
+    if results:
+        metadata["model-index"] = [{
             "name": model_id,
             "results": [{
                 "task": {"type": pipeline_tag, "name": task_name},
                 "dataset": {"type": dataset, "name": "IMDB"},
                 "metrics": [{"type": name, "name": name, "value": round(float(value), 6)} for name, value in results.items()],
             }],
-        }],
-    }
+        }]
     if base_model:
         metadata["base_model"] = base_model
     config = model.config

@@ -1,0 +1,131 @@
+"""The converter script end to end: fastai checkpoint -> model folder -> Auto classes, pipelines, and
+`trust_remote_code` in a process where our package cannot be imported."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+import awd_lstm_hf  # noqa: F401  (registers the Auto classes)
+
+TOL = 1e-5
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_fastai_checkpoint.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("convert_fastai_checkpoint", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def fastai_dir(fixtures_dir):
+    return fixtures_dir / "fastai_awd_lstm"
+
+
+@pytest.fixture(scope="module")
+def cases(fastai_dir):
+    return torch.load(fastai_dir / "cases.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, fastai_dir, cases):
+    """Both fixtures converted with the script's command line."""
+    out = tmp_path_factory.mktemp("converted")
+    script = load_script()
+    assert script.main(["--weights", str(fastai_dir / "lm_model.pth"), "--vocab", str(fastai_dir / "itos.pkl"),
+                        "--task", "lm", "--out", str(out / "lm")]) == 0
+    assert script.main(["--weights", str(fastai_dir / "clas_model.pth"), "--vocab", str(fastai_dir / "itos.pkl"),
+                        "--task", "classification", "--bptt", str(int(cases["clas_seq_len"])),
+                        "--max-len", str(int(cases["clas_max_len"])), "--out", str(out / "classifier")]) == 0
+    return out
+
+
+@torch.no_grad()
+def test_converted_folders_match_fastai(converted, cases):
+    lm = AutoModelForCausalLM.from_pretrained(converted / "lm").eval()
+    first = lm(cases["lm_x1"])
+    assert (first.logits - cases["lm_y1"]).abs().max() <= TOL
+    assert (lm(cases["lm_x2"], cache=first.cache).logits - cases["lm_y2_continued"]).abs().max() <= TOL
+    classifier = AutoModelForSequenceClassification.from_pretrained(converted / "classifier").eval()
+    x = cases["clas_x"]
+    assert (classifier(x, attention_mask=(x != 1).long()).logits - cases["clas_y_single"]).abs().max() <= TOL
+    config = json.loads((converted / "classifier" / "config.json").read_text())
+    assert config["dropout_task"] == "classification" and config["drop_mult"] == 0.5
+    assert config["id2label"] == {"0": "neg", "1": "pos"}
+    for name in ("model.safetensors", "modeling_awd_lstm.py", "configuration_awd_lstm.py",
+                 "tokenization_awd_lstm.py", "vocab.json", "README.md"):
+        assert (converted / "classifier" / name).exists(), name
+
+
+def test_pipelines_load_converted_folders(converted):
+    tokenizer = AutoTokenizer.from_pretrained(converted / "lm")
+    assert len(tokenizer) == 200
+    generator = pipeline("text-generation", model=str(converted / "lm"))
+    text = generator("the movie", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert text.startswith("the movie")
+    classifier = pipeline("text-classification", model=str(converted / "classifier"))
+    result = classifier("a great film", top_k=None)
+    assert {r["label"] for r in result} == {"neg", "pos"}
+    assert sum(r["score"] for r in result) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_trust_remote_code_without_the_package(converted, cases, tmp_path):
+    """A fresh interpreter where `import awd_lstm_hf` fails loads the folders with the code they carry,
+    and gets fastai's logits."""
+    torch.save({"x": cases["clas_x"], "y": cases["clas_y_single"], "x1": cases["lm_x1"], "y1": cases["lm_y1"]},
+               tmp_path / "cases.pt")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["awd_lstm_hf"] = None  # the package is not importable here
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, pipeline
+        c = torch.load({str(tmp_path / "cases.pt")!r}, weights_only=True)
+        lm = AutoModelForCausalLM.from_pretrained({str(converted / "lm")!r}, trust_remote_code=True).eval()
+        clas = AutoModelForSequenceClassification.from_pretrained({str(converted / "classifier")!r},
+                                                                  trust_remote_code=True).eval()
+        assert type(lm).__module__.startswith("transformers_modules"), type(lm).__module__
+        with torch.no_grad():
+            assert (lm(c["x1"]).logits - c["y1"]).abs().max() <= {TOL}
+            assert (clas(c["x"], attention_mask=(c["x"] != 1).long()).logits - c["y"]).abs().max() <= {TOL}
+        out = pipeline("text-classification", model={str(converted / "classifier")!r}, trust_remote_code=True)("fine")
+        assert out[0]["label"] in ("neg", "pos")
+        print("remote code ok")
+    """)
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote code ok" in result.stdout
+
+
+def test_vocab_that_does_not_fit_the_weights_is_refused(tmp_path, fastai_dir, fixtures_dir, capsys):
+    code = load_script().main(["--weights", str(fastai_dir / "lm_model.pth"),
+                               "--vocab", str(fixtures_dir / "fastai_vocab" / "itos.pkl"),
+                               "--task", "lm", "--out", str(tmp_path / "out")])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "8768 entries" in error and "encoder.weight" in error and "200 rows" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path, fastai_dir, capsys):
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes((fastai_dir / "lm_model.pth").read_bytes()[:1000])
+    code = load_script().main(["--weights", str(broken), "--vocab", str(fastai_dir / "itos.pkl"),
+                               "--task", "lm", "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_classifier_weights_converted_as_lm_name_the_problem(tmp_path, fastai_dir, capsys):
+    code = load_script().main(["--weights", str(fastai_dir / "clas_model.pth"), "--vocab", str(fastai_dir / "itos.pkl"),
+                               "--task", "lm", "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert "1.layers.0.0.weight" in capsys.readouterr().err
