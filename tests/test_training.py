@@ -1,0 +1,87 @@
+"""The recipe's numbers against fastai's (reference notes, section 6), worked by hand."""
+
+import math
+
+import pytest
+import torch
+
+from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMForSequenceClassification
+from awd_lstm_hf.training import (
+    OneCycleSchedule,
+    activation_regularization,
+    build_optimizer,
+    discriminative_lrs,
+    freeze_to,
+    layer_groups,
+)
+
+CONFIG = dict(vocab_size=40, embedding_size=6, hidden_size=10, num_hidden_layers=3)
+
+
+def test_one_cycle_follows_fastai():
+    """fastai 2.8.12, 130 iterations at lr_max 1e-2 (verified there): first lr 4e-4, peak at iteration 33,
+    last about 2.7e-6; beta1 0.8 -> 0.7 -> 0.8."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [weight], "lr": 1e-2}], betas=(0.9, 0.99))
+    schedule = OneCycleSchedule(optimizer, total_steps=130)
+    lrs, betas = [], []
+    for _ in range(130):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        betas.append(optimizer.param_groups[0]["betas"][0])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(4e-4)
+    assert max(range(130), key=lrs.__getitem__) == 33
+    assert lrs[-1] == pytest.approx(2.7e-6, rel=0.05)
+    assert betas[0] == pytest.approx(0.8) and min(betas) == pytest.approx(0.7, abs=1e-3)
+    assert betas[-1] == pytest.approx(0.8, abs=1e-3)
+    # by hand: iteration 10 is in the warm-up, x = (10/130)/0.25
+    x = (10 / 130) / 0.25
+    assert lrs[10] == pytest.approx(4e-4 + (1e-2 - 4e-4) * (1 - math.cos(math.pi * x)) / 2)
+
+
+def test_discriminative_lrs_are_fastai_slices():
+    assert discriminative_lrs(1e-2, 5) == pytest.approx([2.19e-4, 5.69e-4, 1.48e-3, 3.85e-3, 1e-2], rel=2e-3)
+    assert discriminative_lrs(1e-3, 4, discriminative=False) == [1e-3] * 4
+
+
+def test_layer_groups_match_fastai_splitters():
+    lm = AWDLSTMForCausalLM(AWDLSTMConfig(**CONFIG))
+    groups = layer_groups(lm)
+    assert len(groups) == 4
+    assert groups[3][0] is lm.model.encoder.weight is lm.lm_head.weight  # tied matrix listed once
+    assert groups[3][1] is lm.lm_head.bias and len(groups[3]) == 2
+    assert sum(p.numel() for g in groups for p in g) == lm.num_parameters()
+    classifier = AWDLSTMForSequenceClassification(AWDLSTMConfig(**CONFIG))
+    groups = layer_groups(classifier)
+    assert len(groups) == 5 and groups[0] == [classifier.model.encoder.weight]
+    assert sum(p.numel() for g in groups for p in g) == classifier.num_parameters()
+
+
+def test_freeze_to_and_weight_decay_exemptions():
+    classifier = AWDLSTMForSequenceClassification(AWDLSTMConfig(**CONFIG))
+    freeze_to(classifier, 2)  # fastai freeze_to(-2): last LSTM + head
+    trainable = {name for name, p in classifier.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in classifier.named_parameters() if n.startswith(("model.rnns.2.", "classifier."))}
+    freeze_to(classifier, 1)
+    assert all(p.requires_grad for p in classifier.classifier.parameters())
+    optimizer = build_optimizer(classifier, discriminative_lrs(1e-2, 5), weight_decay=0.01)
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    batch_norm = {id(p) for b in classifier.classifier.blocks for p in b.batch_norm.parameters()}
+    assert not decayed & batch_norm  # BatchNorm is exempt (fastai wd_bn_bias=False)
+    assert {g["lr"] for g in optimizer.param_groups} == {1e-2}  # only the head group is trainable
+    freeze_to(classifier, None)
+    lm = AWDLSTMForCausalLM(AWDLSTMConfig(**CONFIG))
+    optimizer = build_optimizer(lm, [1e-3] * 4, weight_decay=0.1)
+    exempt = [p for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]]
+    assert len(exempt) == 1 and exempt[0] is lm.lm_head.bias  # decoder bias exempt, LSTM biases decayed
+    assert optimizer.defaults["eps"] == 1e-5 and optimizer.param_groups[0]["betas"][1] == 0.99
+
+
+def test_activation_regularization_by_hand():
+    raw = torch.tensor([[[1.0, 2.0], [3.0, 5.0], [0.0, 0.0]]])
+    dropped = torch.tensor([[[2.0, 0.0], [0.0, 4.0], [1.0, 1.0]]])
+    # AR = 2 * mean(dropped^2) = 2 * (4+16+1+1)/6; TAR = 1 * mean of squared steps = (4+9+9+25)/4
+    assert activation_regularization(raw, dropped) == pytest.approx(2 * 22 / 6 + 47 / 4)
+    mask = torch.tensor([[True, True, False]])  # only the first two positions are real
+    assert activation_regularization(raw, dropped, mask) == pytest.approx(2 * 20 / 4 + 13 / 2)
