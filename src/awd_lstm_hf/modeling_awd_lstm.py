@@ -111,6 +111,19 @@ class AWDLSTMSequenceClassifierOutput(ModelOutput):
     pooled_mask: torch.BoolTensor | None = None
 
 
+def select_state_rows(states: list[LSTMState], rows: torch.Tensor) -> list[LSTMState]:
+    """The states of some batch rows (the layout is `(1, batch, hidden)`)."""
+    return [(h.index_select(1, rows), c.index_select(1, rows)) for h, c in states]
+
+
+def write_state_rows(states: list[LSTMState], rows: torch.Tensor, new_states: list[LSTMState]) -> list[LSTMState]:
+    """`states` with the given rows replaced by `new_states` (out of place, so autograd stays correct)."""
+    return [
+        tuple(old.index_copy(1, rows, new.to(old.dtype)) for old, new in zip(state, new_state))
+        for state, new_state in zip(states, new_states)
+    ]
+
+
 def locked_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Variational dropout (fastai `RNNDropout`): one mask per sequence, shared by all time steps."""
     if not training or p == 0:
@@ -271,14 +284,11 @@ class AWDLSTMModel(AWDLSTMPreTrainedModel):
         if rows.numel() == 0:
             outputs = [embeds.new_zeros(batch, time, hidden) for _, hidden in self.config.layer_sizes()]
             return outputs, list(states)
-        sub_states = [tuple(s.index_select(1, rows) for s in state) for state in states]
-        sub_outputs, sub_new = self.encode(embeds.index_select(0, rows), sub_states, lengths.index_select(0, rows))
+        sub_outputs, sub_new = self.encode(
+            embeds.index_select(0, rows), select_state_rows(states, rows), lengths.index_select(0, rows)
+        )
         outputs = [out.new_zeros(batch, *out.shape[1:]).index_copy(0, rows, out) for out in sub_outputs]
-        new_states = [
-            tuple(old.index_copy(1, rows, new.to(old.dtype)) for old, new in zip(state, new_state))
-            for state, new_state in zip(states, sub_new)
-        ]
-        return outputs, new_states
+        return outputs, write_state_rows(states, rows, sub_new)
 
     def forward(
         self,
@@ -506,13 +516,11 @@ class AWDLSTMForSequenceClassification(AWDLSTMPreTrainedModel):
             chunk_lengths = (lengths.index_select(0, rows) - start).clamp(max=bptt)
             positions = (start.unsqueeze(1) + offsets).clamp(max=max(time - 1, 0))
             chunk_ids = ids.index_select(0, rows).gather(1, positions)
-            row_states = [tuple(s.index_select(1, rows) for s in state) for state in states]
             with torch.set_grad_enabled(torch.is_grad_enabled() and step >= pooled_start):
-                outputs, new_states = self.model.encode(self.model.embed(chunk_ids), row_states, chunk_lengths)
-            states = [
-                tuple(old.index_copy(1, rows, new.detach().to(old.dtype)) for old, new in zip(state, new_state))
-                for state, new_state in zip(states, new_states)
-            ]
+                outputs, new_states = self.model.encode(
+                    self.model.embed(chunk_ids), select_state_rows(states, rows), chunk_lengths
+                )
+            states = write_state_rows(states, rows, [(h.detach(), c.detach()) for h, c in new_states])
             if step >= pooled_start:
                 last = outputs[-1]
                 pooled_chunks.append(last.new_zeros(batch, bptt, last.shape[-1]).index_copy(0, rows, last))
