@@ -106,9 +106,18 @@ def train_language_model(args, s, state, lm_texts, tokenizer, work_dir):
             output_dir=str(work_dir / f"lm_stage{index}"), batch_size=s["lm_batch_size"],
             weight_decay=s["lm_weight_decay"], seed=args.seed,
         )
-        history += [entry for entry in trainer.state.log_history if "eval_perplexity" in entry]
-    metrics = trainer.evaluate()
-    return model, {key.removeprefix("eval_"): metrics[key] for key in ("eval_loss", "eval_accuracy", "eval_perplexity")}, history
+        history += last_evaluations(trainer, "eval_perplexity")
+    final = history[-1]  # validated at the end of every epoch
+    return model, {key: final[f"eval_{key}"] for key in ("loss", "accuracy", "perplexity")}, history
+
+
+def last_evaluations(trainer, key: str) -> list[dict]:
+    """The evaluation logs of a finished `train()` (one per epoch), merged per step."""
+    merged: dict[int, dict] = {}
+    for entry in trainer.state.log_history:
+        if any(name.startswith("eval_") for name in entry):
+            merged.setdefault(entry["step"], {}).update(entry)
+    return [entry for entry in merged.values() if key in entry]
 
 
 def train_classifier(args, s, lm_dir, splits, tokenizer, work_dir):
@@ -129,7 +138,7 @@ def train_classifier(args, s, lm_dir, splits, tokenizer, work_dir):
             data_collator=collator, compute_metrics=classification_accuracy,
         )
         if "valid" in data:  # keep the stage whose model does best on validation (never on test)
-            accuracy = trainer.evaluate()["eval_accuracy"]
+            accuracy = last_evaluations(trainer, "eval_accuracy")[-1]["eval_accuracy"]
             logger.info("classifier stage %d: valid accuracy %.4f", index, accuracy)
             if accuracy > best["accuracy"]:
                 best = {"accuracy": accuracy, "stage": index,
