@@ -12,6 +12,7 @@ task. The folder loads with `pipeline(...)` (with our package) or `trust_remote_
 
 import argparse
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -21,12 +22,19 @@ from awd_lstm_hf.tokenization_awd_lstm import AWDLSTMTokenizer, read_itos_pickle
 
 
 def read_vocab(path: Path) -> list[str]:
-    if path.suffix == ".json":
-        itos = json.loads(path.read_text())
-        if not isinstance(itos, list) or not all(isinstance(token, str) for token in itos):
-            raise CheckpointError(f"{path} is not a JSON list of strings")
-        return itos
-    return read_itos_pickle(path)
+    """fastai's `itos.pkl` (no pickled global allowed) or a JSON list of strings."""
+    try:
+        if path.suffix == ".json":
+            itos = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(itos, list) or not all(isinstance(token, str) for token in itos):
+                raise CheckpointError("not a JSON list of strings")
+            return itos
+        return read_itos_pickle(path)
+    except (json.JSONDecodeError, pickle.UnpicklingError, UnicodeDecodeError, EOFError, CheckpointError) as error:
+        raise CheckpointError(
+            f"cannot read the vocabulary {path} (expected fastai's itos.pkl or a .json list of strings): "
+            f"{type(error).__name__}: {error}"
+        ) from error
 
 
 def convert(weights: Path, vocab: Path, task: str, out: Path, bptt: int | None = None, max_len: int | None = None) -> Path:
@@ -42,6 +50,8 @@ def convert(weights: Path, vocab: Path, task: str, out: Path, bptt: int | None =
         model, model_id=out.name, provenance=f"Converted from the fastai checkpoint `{weights.name}` with "
         f"awd-lstm-hf's `scripts/convert_fastai_checkpoint.py` (fastai's default dropouts for the task).",
         results={},
+        limits="- Converted weights: the training data, license, biases and limits are those of the source "
+        "fastai checkpoint; check where it came from before use.",
     )
     return save_model_folder(model, AWDLSTMTokenizer.from_itos(itos), out, card)
 

@@ -33,7 +33,7 @@ from awd_lstm_hf.data import (
     numericalize,
     tokenize_corpus,
 )
-from awd_lstm_hf.export import model_card_text, save_model_folder
+from awd_lstm_hf.export import IMDB_LIMITS, model_card_text, save_model_folder
 from awd_lstm_hf.tokenization_awd_lstm import AWDLSTMTokenizer
 from awd_lstm_hf.training import (
     ClassifierTrainer,
@@ -50,21 +50,26 @@ logger = logging.getLogger("train")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default=None, help="smoke, cpu or ulmfit (default: ulmfit with CUDA, else cpu)")
+    """Two passes: `--preset` picks the JSON file, whose keys then become flags (shown by --help)."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", default=None, help="smoke, cpu or ulmfit (default: ulmfit with CUDA, else cpu)")
+    preset_name = first.parse_known_args(argv)[0].preset or ("ulmfit" if torch.cuda.is_available() else "cpu")
+    preset = json.loads((CONFIG_DIR / f"{preset_name}.json").read_text())
+
+    parser = argparse.ArgumentParser(description=__doc__, parents=[first],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default=IMDB_HUB_ID, help="Hub id or local folder laid out like stanfordnlp/imdb")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="processes for tokenization")
-    known, rest = parser.parse_known_args(argv)
-    known.preset = known.preset or ("ulmfit" if torch.cuda.is_available() else "cpu")
-    preset = json.loads((CONFIG_DIR / f"{known.preset}.json").read_text())
-    overrides = argparse.ArgumentParser()
+    settings = parser.add_argument_group(f"preset {preset_name!r} (configs/{preset_name}.json); values are JSON")
     for key, value in preset.items():
-        if key != "description":  # flags take JSON values: --lm_docs 5000, --clas_stages '[{...}]'
-            overrides.add_argument(f"--{key}", type=json.loads, default=json.dumps(value), help=f"(preset: {json.dumps(value)})")
-    known.settings = vars(overrides.parse_args(rest))
-    return known
+        if key != "description":
+            settings.add_argument(f"--{key}", type=json.loads, default=json.dumps(value), help=f"(preset: {json.dumps(value)})")
+    args = parser.parse_args(argv)
+    args.preset = preset_name
+    args.settings = {key: getattr(args, key) for key in preset if key != "description"}
+    return args
 
 
 def prepare_text(dataset, num_proc, tokenizer=None):
@@ -186,7 +191,8 @@ def main(argv=None):
                   f"{s['lm_valid_pct']:.0%} held out for validation).")
     if state.is_main_process:
         card = model_card_text(lm, model_id=f"awd-lstm-imdb-lm-{args.preset}", provenance=provenance,
-                               results={"perplexity": lm_metrics["perplexity"], "accuracy": lm_metrics["accuracy"]})
+                               results={"perplexity": lm_metrics["perplexity"], "accuracy": lm_metrics["accuracy"]},
+                               limits=IMDB_LIMITS, dataset=IMDB_HUB_ID, license="apache-2.0")
         save_model_folder(lm, tokenizer, output_dir / "lm", card)
     state.wait_for_everyone()
 
@@ -196,11 +202,12 @@ def main(argv=None):
     logger.info("classifier: %s in %.0f s", clas_metrics, clas_seconds)
     if state.is_main_process:
         card = model_card_text(
-            classifier, model_id=f"awd-lstm-imdb-classifier-{args.preset}", base_model=None,
+            classifier, model_id=f"awd-lstm-imdb-classifier-{args.preset}",
             provenance=provenance + " The classifier starts from that encoder and is fine-tuned with gradual "
             f"unfreezing on {len(splits['train'])} labelled train reviews; accuracy is on "
             f"{clas_metrics['test_documents']} test reviews.",
             results={"accuracy": clas_metrics["test_accuracy"]},
+            limits=IMDB_LIMITS, dataset=IMDB_HUB_ID, license="apache-2.0",
         )
         save_model_folder(classifier, tokenizer, output_dir / "classifier", card)
         summary = {

@@ -129,3 +129,23 @@ def test_classifier_weights_converted_as_lm_name_the_problem(tmp_path, fastai_di
                                "--task", "lm", "--out", str(tmp_path / "out")])
     assert code == 1
     assert "1.layers.0.0.weight" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"cos\nsystem\n(S'echo pwned'\ntR.", "global"),  # a pickle that would call os.system
+        (b"[1, 2", "JSONDecodeError"),
+        (b"", "EOFError"),
+    ],
+    ids=["pickled-global", "broken-json", "empty"],
+)
+def test_bad_vocab_files_are_clear_errors(tmp_path, fastai_dir, capsys, content, message):
+    vocab = tmp_path / ("vocab.json" if message == "JSONDecodeError" else "itos.pkl")
+    vocab.write_bytes(content)
+    code = load_script().main(["--weights", str(fastai_dir / "lm_model.pth"), "--vocab", str(vocab),
+                               "--task", "lm", "--out", str(tmp_path / "out")])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert str(vocab) in error and message in error
+    assert not (tmp_path / "out").exists()

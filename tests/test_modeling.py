@@ -30,7 +30,8 @@ def fastai_classifier(fixtures_dir, cases):
 
 
 def tiny_config(**overrides):
-    return AWDLSTMConfig(vocab_size=50, embedding_size=8, hidden_size=12, num_hidden_layers=3, bptt=4, max_len=12, **overrides)
+    sizes = dict(vocab_size=50, embedding_size=8, hidden_size=12, num_hidden_layers=3, bptt=4, max_len=12)
+    return AWDLSTMConfig(**(sizes | overrides))
 
 
 def pad_rows(rows, side, pad_id=1, width=None):
@@ -198,9 +199,40 @@ def test_dropouts_follow_fastai_defaults_per_task(tmp_path):
     assert classifier.config.effective_dropouts() == pytest.approx(
         dict(embed_p=0.025, input_p=0.2, weight_p=0.25, hidden_p=0.15, output_p=0.2)
     )
-    assert [block.dropout.p for block in classifier.classifier.blocks] == pytest.approx([0.2, 0.1])
+    assert classifier.classifier.block_dropouts() == pytest.approx([0.2, 0.1])
     assert classifier.config.id2label == {0: "neg", 1: "pos"}
     assert torch.equal(classifier.model.encoder.weight, lm.model.encoder.weight)
+    # values the user passes win over the task defaults, and the config drives the modules
+    custom = AWDLSTMForSequenceClassification.from_pretrained(tmp_path, drop_mult=0.3, output_p=0.9)
+    assert custom.config.effective_dropouts()["output_p"] == pytest.approx(0.27)
+    assert custom.classifier.block_dropouts() == pytest.approx([0.27, 0.1])
+    custom.config.drop_mult = 0.0
+    assert custom.model.dropouts["input_p"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(max_len=3), dict(max_len=0), dict(embed_p=1.0), dict(input_p=-0.1), dict(drop_mult=-1.0),
+            dict(vocab_size=0), dict(classifier_dropouts=[1.5])]
+)
+def test_invalid_config_values_are_refused(bad):
+    with pytest.raises(ValueError):
+        tiny_config(**bad)
+
+
+def test_dropout_times_drop_mult_above_one_is_refused():
+    model = AWDLSTMForCausalLM(tiny_config(input_p=0.6))
+    model.config.drop_mult = 2.0
+    with pytest.raises(ValueError, match="input_p"):
+        model(torch.tensor([[3, 4]]))
+
+
+@torch.no_grad()
+def test_classifier_without_any_token_gives_defined_logits():
+    model = AWDLSTMForSequenceClassification(tiny_config()).eval()
+    empty = model(torch.zeros(2, 0, dtype=torch.long)).logits
+    padded = model(torch.ones(2, 5, dtype=torch.long), attention_mask=torch.zeros(2, 5, dtype=torch.long)).logits
+    expected = model.classifier(torch.zeros(1, 24)).expand(2, -1)  # what zero pooled features give
+    assert (empty - expected).abs().max() <= TOL and (padded - expected).abs().max() <= TOL
 
 
 # ---------------------------------------------------------------- save / load, tying

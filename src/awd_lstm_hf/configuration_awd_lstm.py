@@ -25,6 +25,13 @@ TASK_DROPOUT_DEFAULTS = {
 DROPOUT_KEYS = ("embed_p", "input_p", "weight_p", "hidden_p", "output_p", "drop_mult")
 
 
+def _check_probability(name: str, value: float | None, upper: float | None = 1.0) -> None:
+    """A dropout must be in [0, 1) (1 would drop everything and divide by zero); drop_mult only >= 0."""
+    if value is not None and not (0 <= value and (upper is None or value < upper)):
+        bound = f"[0, {upper})" if upper is not None else ">= 0"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
 class AWDLSTMConfig(PreTrainedConfig):
     r"""
     Configuration of an AWD-LSTM (Merity et al. 2017) as used by fastai / ULMFiT.
@@ -54,7 +61,6 @@ class AWDLSTMConfig(PreTrainedConfig):
         classifier_hidden_sizes: fastai `lin_ftrs` ([50]).
         classifier_dropouts: dropouts of the head blocks after the first; `None` gives fastai's 0.1 each
             (the first block uses `output_p * drop_mult`).
-        no_unk: generation never emits `xxunk` (fastai `predict(no_unk=True)`).
     """
 
     model_type = "awd_lstm"
@@ -82,7 +88,6 @@ class AWDLSTMConfig(PreTrainedConfig):
     pad_token_id: int | None = 1
     bos_token_id: int | None = 2
     eos_token_id: int | None = 3
-    no_unk: bool = True
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
@@ -100,8 +105,16 @@ class AWDLSTMConfig(PreTrainedConfig):
             )
         if self.dropout_task not in (None, *TASK_DROPOUT_DEFAULTS):
             raise ValueError(f"dropout_task must be one of {list(TASK_DROPOUT_DEFAULTS)}, got {self.dropout_task!r}")
-        if self.num_hidden_layers < 1 or self.bptt < 1:
-            raise ValueError("num_hidden_layers and bptt must be at least 1")
+        for name in ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "bptt"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_len is not None and self.max_len < self.bptt:
+            # Below bptt the last chunk of a document may not be pooled, leaving nothing to classify.
+            raise ValueError(f"max_len must be None or at least bptt ({self.bptt}), got {self.max_len}")
+        for name in (*DROPOUT_KEYS[:-1], "drop_mult"):
+            _check_probability(name, getattr(self, name), upper=None if name == "drop_mult" else 1.0)
+        for p in self.classifier_dropouts:
+            _check_probability("classifier_dropouts", p)
         super().__post_init__(**kwargs)
 
     def layer_sizes(self) -> list[tuple[int, int]]:
@@ -131,7 +144,10 @@ class AWDLSTMConfig(PreTrainedConfig):
         missing = [key for key in DROPOUT_KEYS if getattr(self, key) is None]
         if missing:
             raise ValueError(f"dropouts {missing} are unset; call with_task_dropouts(task) first")
-        return {key: getattr(self, key) * self.drop_mult for key in DROPOUT_KEYS[:-1]}
+        dropouts = {key: getattr(self, key) * self.drop_mult for key in DROPOUT_KEYS[:-1]}
+        for key, value in dropouts.items():
+            _check_probability(f"{key} * drop_mult", value)
+        return dropouts
 
 
 __all__ = ["AWDLSTMConfig"]

@@ -29,7 +29,9 @@ def load_fastai_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError/RuntimeError/EOFError for bad files
-        raise CheckpointError(f"cannot read {path} as a tensor checkpoint (weights_only=True): {error}") from error
+        raise CheckpointError(
+            f"cannot read {path} as a tensor checkpoint (weights_only=True): {type(error).__name__}: {error}"
+        ) from error
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -1,6 +1,7 @@
 """Writing a complete model folder: config, safetensors, tokenizer, the modeling code for
 `trust_remote_code`, and a model card whose YAML metadata carries the measured results."""
 
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
@@ -10,7 +11,7 @@ from .configuration_awd_lstm import AWDLSTMConfig
 from .modeling_awd_lstm import AWDLSTMForCausalLM, AWDLSTMForSequenceClassification, AWDLSTMModel
 from .tokenization_awd_lstm import AWDLSTMTokenizer
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "awd_lstm.md"
+MODEL_CARD_TEMPLATE = files("awd_lstm_hf") / "model_cards" / "awd_lstm.md"  # model_cards/ in the repository
 AUTO_MAP = {
     "AutoConfig": "configuration_awd_lstm.AWDLSTMConfig",
     "AutoModel": "modeling_awd_lstm.AWDLSTMModel",
@@ -28,27 +29,35 @@ def register_for_remote_code() -> None:
     AWDLSTMTokenizer.register_for_auto_class("AutoTokenizer")
 
 
+IMDB_LIMITS = """- Trained on English movie reviews (IMDB) only; expect it to be weaker on other domains and languages.
+- A unidirectional model without WikiText-103 pretraining: ULMFiT's published 95.4% on IMDB is a
+  forward + backward ensemble of pretrained models.
+- IMDB reviews carry their authors' biases; do not use its outputs for decisions about people."""
+
+
 def model_card_text(model: PreTrainedModel, *, model_id: str, provenance: str, results: dict[str, float],
-                    dataset: str = "stanfordnlp/imdb", base_model: str | None = None,
-                    template: Path = MODEL_CARD_TEMPLATE) -> str:
-    """The README.md of a model folder, with `model-index` metadata listing `results` (name -> value)."""
+                    limits: str, dataset: str | None = None, license: str | None = None,
+                    base_model: str | None = None, template=MODEL_CARD_TEMPLATE) -> str:
+    """The README.md of a model folder, with `model-index` metadata listing `results` (name -> value).
+    `dataset` and `license` go into the metadata only when known (a converted checkpoint's are not)."""
     is_lm = isinstance(model, AWDLSTMForCausalLM)
     pipeline_tag = "text-generation" if is_lm else "text-classification"
     task_name = "Text Generation" if is_lm else "Text Classification"
-    metadata = {
-        "license": "apache-2.0",
+    metadata = {"license": license} if license else {}
+    metadata |= {
         "language": ["en"],
         "library_name": "transformers",
         "pipeline_tag": pipeline_tag,
-        "datasets": [dataset],
         "tags": ["awd-lstm", "ulmfit", "fastai", "lstm", "custom_code"],
     }
+    if dataset:
+        metadata["datasets"] = [dataset]
     if results:
         metadata["model-index"] = [{
             "name": model_id,
             "results": [{
                 "task": {"type": pipeline_tag, "name": task_name},
-                "dataset": {"type": dataset, "name": "IMDB"},
+                "dataset": {"type": dataset or "unknown", "name": dataset or "unknown"},
                 "metrics": [{"type": name, "name": name, "value": round(float(value), 6)} for name, value in results.items()],
             }],
         }]
@@ -67,7 +76,7 @@ def model_card_text(model: PreTrainedModel, *, model_id: str, provenance: str, r
         num_hidden_layers=config.num_hidden_layers,
         results=f"| metric | value |\n|---|---|\n{rows}" if results else "Not measured.",
         pipeline_tag=pipeline_tag,
-        model_id=model_id,
+        limits=limits,
     )
 
 

@@ -21,7 +21,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_awd_lstm import AWDLSTMConfig
+from .configuration_awd_lstm import DROPOUT_KEYS, AWDLSTMConfig
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
@@ -147,9 +147,9 @@ class AWDLSTMLayer(nn.Module):
     every call and shared by all time steps and rows, as in fastai.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, weight_p: float):
+    def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
-        self.input_size, self.hidden_size, self.weight_p = input_size, hidden_size, weight_p
+        self.input_size, self.hidden_size = input_size, hidden_size
         gates = 4 * hidden_size
         self.weight_ih_l0 = nn.Parameter(torch.empty(gates, input_size))
         self.weight_hh_l0_raw = nn.Parameter(torch.empty(gates, hidden_size))
@@ -157,10 +157,10 @@ class AWDLSTMLayer(nn.Module):
         self.bias_hh_l0 = nn.Parameter(torch.empty(gates))
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, weight_p={self.weight_p}"
+        return f"{self.input_size}, {self.hidden_size}"
 
     def forward(
-        self, x: torch.Tensor, state: LSTMState, lengths: torch.Tensor | None = None
+        self, x: torch.Tensor, state: LSTMState, lengths: torch.Tensor | None = None, weight_p: float = 0.0
     ) -> tuple[torch.Tensor, LSTMState]:
         """`x` is (batch, time, features) with every row's real tokens first; `lengths` (all >= 1) gives
         how many, or is None when every row is full. Pad positions come out as zeros and never touch the
@@ -168,7 +168,7 @@ class AWDLSTMLayer(nn.Module):
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # oneDNN's CPU LSTM under autocast only accepts input already in the autocast dtype.
             x = x.to(torch.get_autocast_dtype("cpu"))
-        weight_hh = F.dropout(self.weight_hh_l0_raw, self.weight_p, self.training)
+        weight_hh = F.dropout(self.weight_hh_l0_raw, weight_p, self.training)
         params = [self.weight_ih_l0, weight_hh, self.bias_ih_l0, self.bias_hh_l0]
         if lengths is None:
             output, h, c = torch.lstm(x, state, params, True, 1, 0.0, self.training, False, True)
@@ -190,6 +190,8 @@ class AWDLSTMPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["AWDLSTMLayer"]
     supports_gradient_checkpointing = False
+    # One folder's head is another head's unexpected key (an LM folder read as a classifier or encoder).
+    _keys_to_ignore_on_load_unexpected = [r"lm_head\.", r"classifier\."]
     # The task whose fastai default dropouts this head uses (see AWDLSTMConfig). The bare encoder keeps
     # the config's own task, and takes the language model's defaults (fastai's AWD_LSTM) when it has none.
     dropout_task: str | None = None
@@ -197,6 +199,23 @@ class AWDLSTMPreTrainedModel(PreTrainedModel):
     def __init__(self, config: AWDLSTMConfig, *inputs, **kwargs):
         task = self.dropout_task or config.dropout_task or "causal_lm"
         super().__init__(config.with_task_dropouts(task), *inputs, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Dropouts passed here win over the folder's, even when the folder holds another task's
+        (the folder's are replaced by this head's fastai defaults first, as in `__init__`)."""
+        dropouts = {key: kwargs.pop(key) for key in DROPOUT_KEYS if key in kwargs}
+        model = super().from_pretrained(*args, **kwargs)
+        for key, value in dropouts.items():
+            setattr(model.config, key, value)
+        model.config.effective_dropouts()  # validates the new values
+        return model
+
+    @property
+    def dropouts(self) -> dict[str, float]:
+        """The dropout probabilities in force, read from the config at every call so that changing the
+        config (e.g. `model.config.drop_mult = 0.3`) takes effect at once."""
+        return self.config.effective_dropouts()
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -230,12 +249,8 @@ class AWDLSTMModel(AWDLSTMPreTrainedModel):
 
     def __init__(self, config: AWDLSTMConfig):
         super().__init__(config)
-        dropouts = self.config.effective_dropouts()
-        self.embed_p, self.input_p, self.hidden_p = dropouts["embed_p"], dropouts["input_p"], dropouts["hidden_p"]
         self.encoder = nn.Embedding(self.config.vocab_size, self.config.embedding_size, padding_idx=self.config.pad_token_id)
-        self.rnns = nn.ModuleList(
-            AWDLSTMLayer(n_in, n_out, dropouts["weight_p"]) for n_in, n_out in self.config.layer_sizes()
-        )
+        self.rnns = nn.ModuleList(AWDLSTMLayer(n_in, n_out) for n_in, n_out in self.config.layer_sizes())
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -253,8 +268,9 @@ class AWDLSTMModel(AWDLSTMPreTrainedModel):
         every occurrence in the batch) with probability embed_p, the kept rows scaled by 1/(1-p)."""
         weight = self.encoder.weight
         embeds = F.embedding(input_ids, weight, padding_idx=self.config.pad_token_id)
-        if self.training and self.embed_p > 0:
-            row_mask = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - self.embed_p) / (1 - self.embed_p)
+        p = self.dropouts["embed_p"]
+        if self.training and p > 0:
+            row_mask = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
             embeds = embeds * row_mask[input_ids]
         return embeds
 
@@ -268,14 +284,15 @@ class AWDLSTMModel(AWDLSTMPreTrainedModel):
             return self._encode_active_rows(embeds, states, lengths)
         if lengths is not None and lengths.eq(embeds.shape[1]).all():
             lengths = None
-        x = locked_dropout(embeds, self.input_p, self.training)
+        dropouts = self.dropouts
+        x = locked_dropout(embeds, dropouts["input_p"], self.training)
         outputs, new_states = [], []
         for index, layer in enumerate(self.rnns):
-            x, state = layer(x, states[index], lengths)
+            x, state = layer(x, states[index], lengths, dropouts["weight_p"])
             outputs.append(x)
             new_states.append(state)
             if index < len(self.rnns) - 1:
-                x = locked_dropout(x, self.hidden_p, self.training)
+                x = locked_dropout(x, dropouts["hidden_p"], self.training)
         return outputs, new_states
 
     def _encode_active_rows(self, embeds, states, lengths):
@@ -346,7 +363,6 @@ class AWDLSTMForCausalLM(AWDLSTMPreTrainedModel, GenerationMixin):
     def __init__(self, config: AWDLSTMConfig):
         super().__init__(config)
         self.model = AWDLSTMModel(self.config)
-        self.output_p = self.config.effective_dropouts()["output_p"]
         self.lm_head = nn.Linear(self.config.embedding_size, self.config.vocab_size, bias=self.config.out_bias)
         self.post_init()
         # fastai's predict(no_unk=True): never generate the unknown token.
@@ -388,7 +404,7 @@ class AWDLSTMForCausalLM(AWDLSTMPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
         )
         hidden = outputs.last_hidden_state
-        dropped = locked_dropout(hidden, self.output_p, self.training)
+        dropped = locked_dropout(hidden, self.dropouts["output_p"], self.training)
         logits = self.lm_head(dropped[:, -logits_to_keep:] if logits_to_keep else dropped)
         loss = None
         if labels is not None or shift_labels is not None:
@@ -408,14 +424,13 @@ class AWDLSTMForCausalLM(AWDLSTMPreTrainedModel, GenerationMixin):
 class AWDLSTMHeadBlock(nn.Module):
     """fastai's `LinBnDrop`: BatchNorm1d, Dropout, Linear without bias, then ReLU except for the last block."""
 
-    def __init__(self, n_in: int, n_out: int, p: float, activation: bool):
+    def __init__(self, n_in: int, n_out: int, activation: bool):
         super().__init__()
         self.batch_norm = nn.BatchNorm1d(n_in)
-        self.dropout = nn.Dropout(p)
         self.linear = nn.Linear(n_in, n_out, bias=False)
         self.activation = activation
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, p: float) -> torch.Tensor:
         # A training batch of one row has no batch statistics: normalise it with the running ones.
         use_batch_stats = self.training and x.shape[0] > 1
         x = F.batch_norm(
@@ -430,7 +445,7 @@ class AWDLSTMHeadBlock(nn.Module):
         )
         if use_batch_stats:
             self.batch_norm.num_batches_tracked.add_(1)
-        x = self.linear(self.dropout(x))
+        x = self.linear(F.dropout(x, p, self.training))
         return F.relu(x) if self.activation else x
 
 
@@ -439,22 +454,29 @@ class AWDLSTMClassificationHead(nn.Module):
 
     def __init__(self, config: AWDLSTMConfig):
         super().__init__()
+        self.config = config
         sizes = [3 * config.embedding_size, *config.classifier_hidden_sizes, config.num_labels]
-        dropouts = [config.effective_dropouts()["output_p"], *config.classifier_dropouts]
         self.blocks = nn.ModuleList(
-            AWDLSTMHeadBlock(n_in, n_out, p, activation=index < len(dropouts) - 1)
-            for index, (n_in, n_out, p) in enumerate(zip(sizes[:-1], sizes[1:], dropouts))
+            AWDLSTMHeadBlock(n_in, n_out, activation=index < len(sizes) - 2)
+            for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]))
         )
 
+    def block_dropouts(self) -> list[float]:
+        """fastai: the first block drops with output_p (times drop_mult), the others with
+        `classifier_dropouts` (not multiplied)."""
+        return [self.config.effective_dropouts()["output_p"], *self.config.classifier_dropouts]
+
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            pooled = block(pooled)
+        for block, p in zip(self.blocks, self.block_dropouts(), strict=True):
+            pooled = block(pooled, p)
         return pooled
 
 
 def masked_concat_pool(outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """fastai's concat pooling [last, max, mean] over the positions where `mask` is True (left-aligned
     rows). A row with no position pools to zeros."""
+    if outputs.shape[1] == 0:
+        return outputs.new_zeros(outputs.shape[0], 3 * outputs.shape[2])
     counts = mask.sum(1, keepdim=True)
     expanded = mask.unsqueeze(-1)
     mean = outputs.masked_fill(~expanded, 0).sum(1) / counts.clamp(min=1).to(outputs.dtype)
@@ -471,7 +493,6 @@ class AWDLSTMForSequenceClassification(AWDLSTMPreTrainedModel):
 
     dropout_task = "classification"
     accepts_loss_kwargs = False
-    _keys_to_ignore_on_load_unexpected = [r"lm_head\."]
 
     def __init__(self, config: AWDLSTMConfig):
         super().__init__(config)

@@ -271,6 +271,7 @@ def fit_one_cycle(
     optimizer (fastai clears its state at every freeze change) and a fresh one-cycle schedule. Freezing
     happens before the Trainer wraps the model, so DDP sees a fixed set of trainable parameters."""
     freeze_to(model, stage.train_last)
+    use_cache = model.config.use_cache
     arguments = TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=batch_size,
@@ -299,6 +300,7 @@ def fit_one_cycle(
         stage=stage,
     )
     result = trainer.train()
+    model.config.use_cache = use_cache  # Trainer sets it to its own (False) value, which would be saved
     freeze_to(model, None)
     return trainer, result.metrics
 
