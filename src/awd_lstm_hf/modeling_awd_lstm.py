@@ -535,16 +535,19 @@ class AWDLSTMForSequenceClassification(AWDLSTMPreTrainedModel):
             rows = ((local >= 0) & (local < n_chunks)).nonzero().squeeze(1)
             start = local.index_select(0, rows) * bptt
             chunk_lengths = (lengths.index_select(0, rows) - start).clamp(max=bptt)
-            positions = (start.unsqueeze(1) + offsets).clamp(max=max(time - 1, 0))
+            # Only a document's last chunk can be short, and its pads trail: running them unpacked leaves
+            # the real positions exact (the LSTM is causal) and only spoils a state no chunk reads again.
+            # When every row is on its last chunk this is the final step, so it can also be narrower.
+            width = int(chunk_lengths.max())
+            positions = (start.unsqueeze(1) + offsets[:width]).clamp(max=max(time - 1, 0))
             chunk_ids = ids.index_select(0, rows).gather(1, positions)
             with torch.set_grad_enabled(torch.is_grad_enabled() and step >= pooled_start):
-                outputs, new_states = self.model.encode(
-                    self.model.embed(chunk_ids), select_state_rows(states, rows), chunk_lengths
-                )
+                outputs, new_states = self.model.encode(self.model.embed(chunk_ids), select_state_rows(states, rows))
             states = write_state_rows(states, rows, [(h.detach(), c.detach()) for h, c in new_states])
             if step >= pooled_start:
-                last = outputs[-1]
-                pooled_chunks.append(last.new_zeros(batch, bptt, last.shape[-1]).index_copy(0, rows, last))
+                real = offsets[:width].unsqueeze(0) < chunk_lengths.unsqueeze(1)
+                last = outputs[-1] * real.unsqueeze(-1).to(outputs[-1].dtype)
+                pooled_chunks.append(last.new_zeros(batch, width, last.shape[-1]).index_copy(0, rows, last))
         if not pooled_chunks:
             return self.model.encoder.weight.new_zeros(batch, 0, self.config.embedding_size), lengths.new_zeros(batch, 0).bool()
         pooled = torch.cat(pooled_chunks, dim=1)
