@@ -7,6 +7,7 @@ import torch
 
 from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMForSequenceClassification, AWDLSTMModel
 from awd_lstm_hf.convert import convert_fastai_checkpoint, load_fastai_state_dict
+from awd_lstm_hf.modeling_awd_lstm import decoder_cross_entropy
 
 TOL = 1e-5
 
@@ -187,6 +188,74 @@ def test_weight_dropout_gradient_reaches_raw_weights_where_kept():
     assert {name for name, _ in model.rnns[0].named_parameters()} == {
         "weight_ih_l0", "weight_hh_l0_raw", "bias_ih_l0", "bias_hh_l0"
     }
+
+
+# ---------------------------------------------------------------- the LM loss without full logits
+
+
+def reference_loss_and_grads(hidden, decoder, targets, divisor=None):
+    """Plain logits + F.cross_entropy: the value and gradients the chunked loss must reproduce."""
+    hidden = hidden.detach().requires_grad_()
+    decoder.zero_grad()
+    summed = torch.nn.functional.cross_entropy(decoder(hidden).flatten(0, 1), targets.reshape(-1), reduction="sum")
+    loss = summed / (divisor if divisor is not None else (targets != -100).sum())
+    loss.backward()
+    grads = [hidden.grad] + [p.grad.clone() if p.grad is not None else None for p in decoder.parameters()]
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 21, 256])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("divisor", [None, 17])
+def test_decoder_cross_entropy_equals_full_logits(chunk_size, bias, divisor):
+    torch.manual_seed(0)
+    decoder = torch.nn.Linear(8, 50, bias=bias)
+    hidden = torch.randn(3, 7, 8)
+    targets = torch.randint(0, 50, (3, 8))[:, 1:]  # a non-contiguous view, as shift_labels often are
+    targets[0, :3] = -100
+    expected, expected_grads = reference_loss_and_grads(hidden, decoder, targets, divisor)
+    decoder.zero_grad()
+    hidden = hidden.requires_grad_()
+    loss = decoder_cross_entropy(hidden, decoder, targets, num_items_in_batch=divisor, chunk_size=chunk_size)
+    loss.backward()
+    assert abs(loss.item() - expected.item()) <= TOL
+    for got, want in zip([hidden.grad, *(p.grad for p in decoder.parameters())], expected_grads):
+        assert (got - want).abs().max() <= TOL
+
+
+def test_decoder_cross_entropy_leaves_frozen_weights_and_no_grad_alone():
+    decoder = torch.nn.Linear(8, 50)
+    decoder.weight.requires_grad_(False)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    targets = torch.randint(0, 50, (2, 5))
+    decoder_cross_entropy(hidden, decoder, targets).backward()
+    assert decoder.weight.grad is None and decoder.bias.grad is not None and hidden.grad is not None
+    with torch.no_grad():
+        value = decoder_cross_entropy(hidden, decoder, targets)
+    assert not value.requires_grad
+    everything_ignored = torch.full((2, 5), -100)
+    assert decoder_cross_entropy(hidden, decoder, everything_ignored).item() == 0.0
+
+
+@pytest.mark.parametrize("target_kind", ["labels", "shift_labels"])
+def test_training_loss_without_logits_equals_loss_from_logits(target_kind):
+    """The default training path (loss only) gives the same loss and gradients as computing the logits,
+    for the same dropout masks, with the decoder tied to the embedding."""
+    torch.manual_seed(0)
+    model = AWDLSTMForCausalLM(tiny_config()).train()
+    windows = torch.randint(9, 50, (3, 10))
+    targets = {"labels": windows[:, :-1]} if target_kind == "labels" else {"shift_labels": windows[:, 1:]}
+    results = []
+    for skip_logits in (True, False):
+        model.zero_grad()
+        torch.manual_seed(1)
+        outputs = model(windows[:, :-1], skip_logits=skip_logits, **targets)
+        outputs.loss.backward()
+        results.append((outputs, outputs.loss.item(), model.model.encoder.weight.grad.clone()))
+    (skipped, loss, grad), (full, full_loss, full_grad) = results
+    assert skipped.logits is None and full.logits is not None
+    assert abs(loss - full_loss) <= TOL and (grad - full_grad).abs().max() <= TOL
+    assert model.lm_head.weight is model.model.encoder.weight
 
 
 def test_dropouts_follow_fastai_defaults_per_task(tmp_path):
