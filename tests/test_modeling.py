@@ -319,40 +319,6 @@ def test_save_load_round_trip_keeps_outputs_and_tie(tmp_path, fastai_lm, fastai_
     assert loaded_lm.lm_head.weight is loaded_lm.model.encoder.weight
 
 
-# ---------------------------------------------------------------- generation with the carried state
-
-
-class CountInputWidths:
-    def __init__(self, model):
-        self.widths = []
-        model.model.register_forward_pre_hook(self, with_kwargs=True)
-
-    def __call__(self, module, args, kwargs):
-        self.widths.append(kwargs["input_ids"].shape[1])
-
-
-@torch.no_grad()
-@pytest.mark.parametrize("layers", [1, 2, 3])
-def test_cached_greedy_generation_equals_recomputing_the_prefix(layers):
-    torch.manual_seed(layers)
-    model = AWDLSTMForCausalLM(
-        AWDLSTMConfig(vocab_size=60, embedding_size=8, hidden_size=12, num_hidden_layers=layers)
-    ).eval()
-    prompt = torch.randint(9, 60, (1, 7))
-    counter = CountInputWidths(model)
-    cached = model.generate(prompt, max_new_tokens=15, do_sample=False)
-    assert counter.widths == [7] + [1] * 14  # after the prompt, one token per step
-    uncached = model.generate(prompt, max_new_tokens=15, do_sample=False, use_cache=False)
-    assert torch.equal(cached, uncached)
-    manual = prompt
-    for _ in range(15):  # an independent loop recomputing the whole prefix from zeros
-        logits = model(manual).logits[:, -1]
-        logits[:, model.config.unk_token_id] = float("-inf")
-        manual = torch.cat([manual, logits.argmax(-1, keepdim=True)], 1)
-    assert torch.equal(cached, manual)
-    assert model.config.unk_token_id not in cached[0, 7:].tolist()
-
-
 # ---------------------------------------------------------------- threads
 
 

@@ -10,6 +10,7 @@ Where we deliberately differ from fastai (see the reference notes, sections 1.4,
   so a document gets the same result alone or in a padded batch.
 """
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -17,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 from transformers import initialization as init
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.utils import ModelOutput
 
 from .configuration_awd_lstm import DROPOUT_KEYS, AWDLSTMConfig
@@ -307,6 +309,29 @@ class AWDLSTMModel(AWDLSTMPreTrainedModel):
         outputs = [out.new_zeros(batch, *out.shape[1:]).index_copy(0, rows, out) for out in sub_outputs]
         return outputs, write_state_rows(states, rows, sub_new)
 
+    def read_window(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        states: list[LSTMState],
+    ) -> tuple[list[torch.Tensor], list[LSTMState]]:
+        """One pass of the stack over a window, in the caller's positions: pads (mask 0, on any side) are
+        moved after the real tokens, never enter the recurrence, and come out as zeros."""
+        order = lengths = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            order, lengths = real_tokens_first(attention_mask)
+        if inputs_embeds is None:
+            if order is not None:
+                input_ids = input_ids.gather(1, order)
+            inputs_embeds = self.embed(input_ids)
+        elif order is not None:
+            inputs_embeds = inputs_embeds.gather(1, order.unsqueeze(-1).expand_as(inputs_embeds))
+        outputs, new_states = self.encode(inputs_embeds, states, lengths)
+        if order is not None:  # back to the caller's positions; pads stay zero
+            outputs = [torch.zeros_like(out).scatter(1, order.unsqueeze(-1).expand_as(out), out) for out in outputs]
+        return outputs, new_states
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -316,11 +341,15 @@ class AWDLSTMModel(AWDLSTMPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        outputs_to_keep: int = 0,
         **kwargs,
     ) -> AWDLSTMModelOutput:
         """`cache` continues from a previous state (zeros otherwise); `attention_mask` (1 = token, 0 = pad)
         alone says what is padding. The returned `cache` is a new object holding the state after the
-        last real token of each row."""
+        last real token of each row. `outputs_to_keep` > 0 returns only the last positions' outputs.
+
+        Inference without gradients reads long inputs `max_len` tokens at a time, carrying the state, so
+        its working memory is bounded by `max_len`, not by the input's length (a 100k-token prompt)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds")
         reference = input_ids if input_ids is not None else inputs_embeds
@@ -329,26 +358,30 @@ class AWDLSTMModel(AWDLSTMPreTrainedModel):
             cache = self.zero_state(batch, reference.device)
         elif cache.batch_size != batch:
             raise ValueError(f"cache holds a state for {cache.batch_size} rows, the input has {batch}")
-
-        order = lengths = None
         if attention_mask is not None:
             attention_mask = attention_mask[:, -time:]
-            if not bool(attention_mask.all()):
-                order, lengths = real_tokens_first(attention_mask)
-        if inputs_embeds is None:
-            if order is not None:
-                input_ids = input_ids.gather(1, order)
-            inputs_embeds = self.embed(input_ids)
-        elif order is not None:
-            inputs_embeds = inputs_embeds.gather(1, order.unsqueeze(-1).expand_as(inputs_embeds))
 
-        outputs, new_states = self.encode(inputs_embeds, cache.states, lengths)
-        if order is not None:  # back to the caller's positions; pads stay zero
-            outputs = [torch.zeros_like(out).scatter(1, order.unsqueeze(-1).expand_as(out), out) for out in outputs]
+        streaming = not self.training and not torch.is_grad_enabled()
+        window = max(self.config.max_len, self.config.bptt) if streaming else max(time, 1)
+        keep_from = time - outputs_to_keep if outputs_to_keep else 0
+        states, kept = cache.states, []
+        for start in range(0, time, window):
+            end = min(start + window, time)
+            outputs, states = self.read_window(
+                input_ids[:, start:end] if input_ids is not None else None,
+                inputs_embeds[:, start:end] if inputs_embeds is not None else None,
+                attention_mask[:, start:end] if attention_mask is not None else None,
+                states,
+            )
+            if end > keep_from:
+                kept.append([out[:, max(keep_from - start, 0):] for out in outputs])
+        if not kept:  # an empty input: no position to return
+            kept = [[reference.new_zeros(batch, 0, hidden, dtype=self.encoder.weight.dtype) for _, hidden in self.config.layer_sizes()]]
+        outputs = [torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0] for pieces in zip(*kept)]
         use_cache = True if use_cache is None else use_cache
         return AWDLSTMModelOutput(
             last_hidden_state=outputs[-1],
-            cache=AWDLSTMCache(new_states, cache.seen_tokens + time) if use_cache else None,
+            cache=AWDLSTMCache(states, cache.seen_tokens + time) if use_cache else None,
             hidden_states=tuple(outputs) if output_hidden_states else None,
         )
 
@@ -422,6 +455,22 @@ def decoder_cross_entropy(
     )
 
 
+class StopOnDecodedText(StoppingCriteria):
+    """Stops a row once its decoded continuation contains one of `stop_strings`. transformers' own
+    `StopStringCriteria` assumes subword tokens whose strings simply concatenate; fastai's tokens are words
+    and markers (`xxmaj`, `xxrep`) that only the tokenizer's decode turns into text, so match on that.
+    Only the last tokens are decoded each step: enough to hold the longest stop string."""
+
+    def __init__(self, tokenizer, stop_strings: list[str], prompt_length: int):
+        self.tokenizer, self.stop_strings, self.prompt_length = tokenizer, stop_strings, prompt_length
+        self.window = 2 * max(len(text) for text in stop_strings) + 4
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        tails = input_ids[:, self.prompt_length :][:, -self.window :].tolist()
+        texts = [self.tokenizer.decode(tail, skip_special_tokens=True) for tail in tails]
+        return torch.tensor([any(stop in text for stop in self.stop_strings) for text in texts], device=input_ids.device)
+
+
 class AWDLSTMForCausalLM(AWDLSTMPreTrainedModel, GenerationMixin):
     """fastai's `language_model_learner` model: the AWD-LSTM encoder and a `LinearDecoder` (locked output
     dropout, then a linear layer tied to the embedding)."""
@@ -441,6 +490,33 @@ class AWDLSTMForCausalLM(AWDLSTMPreTrainedModel, GenerationMixin):
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # our state is an AWDLSTMCache created by forward, not attention keys/values
+
+    def generate(self, inputs=None, generation_config=None, stopping_criteria=None, **kwargs):
+        """transformers' `generate`, with two cases defined for a word-level recurrent model:
+        `max_new_tokens=0` returns the input as it is (transformers refuses it), and `stop_strings`
+        (with `tokenizer=`) are matched on the decoded continuation (see `StopOnDecodedText`)."""
+        config = generation_config if generation_config is not None else self.generation_config
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if kwargs.get("max_new_tokens", config.max_new_tokens) == 0 and input_ids is not None:
+            copies = kwargs.get("num_return_sequences", config.num_return_sequences) or 1
+            sequences = input_ids.repeat_interleave(copies, 0)
+            if kwargs.get("return_dict_in_generate", config.return_dict_in_generate):
+                return GenerateDecoderOnlyOutput(sequences=sequences)
+            return sequences
+        stop_strings = kwargs.pop("stop_strings", None) or config.stop_strings
+        if stop_strings:
+            tokenizer = kwargs.pop("tokenizer", None)
+            if tokenizer is None:
+                raise ValueError("stop_strings needs the tokenizer: call generate(..., stop_strings=..., tokenizer=tokenizer).")
+            if input_ids is None:
+                raise ValueError("stop_strings needs input_ids (the prompt), so the continuation can be told apart.")
+            stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
+            if generation_config is not None and generation_config.stop_strings:
+                generation_config = copy.deepcopy(generation_config)
+                generation_config.stop_strings = None
+            stopping_criteria = StoppingCriteriaList(stopping_criteria or [])
+            stopping_criteria.append(StopOnDecodedText(tokenizer, stop_strings, input_ids.shape[-1]))
+        return super().generate(inputs, generation_config=generation_config, stopping_criteria=stopping_criteria, **kwargs)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
@@ -467,7 +543,9 @@ class AWDLSTMForCausalLM(AWDLSTMPreTrainedModel, GenerationMixin):
         """`labels` follow transformers (the model shifts them); `shift_labels` are targets already aligned
         with the inputs, as stateful BPTT windows provide, so no position is lost at a window's end.
         `skip_logits` (default: in training when targets are given) returns the loss alone, computed
-        by `decoder_cross_entropy` without vocabulary-sized logits."""
+        by `decoder_cross_entropy` without vocabulary-sized logits. `logits_to_keep` > 0 without targets
+        (generation) keeps only the last positions, hidden states included."""
+        wants_loss = labels is not None or shift_labels is not None
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -475,6 +553,7 @@ class AWDLSTMForCausalLM(AWDLSTMPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
+            outputs_to_keep=0 if wants_loss else logits_to_keep,
         )
         hidden = outputs.last_hidden_state
         dropped = locked_dropout(hidden, self.dropouts["output_p"], self.training)
