@@ -18,19 +18,16 @@ from pathlib import Path
 
 from awd_lstm_hf.convert import CheckpointError, convert_fastai_checkpoint, load_fastai_state_dict
 from awd_lstm_hf.export import model_card_text, save_model_folder
-from awd_lstm_hf.tokenization_awd_lstm import AWDLSTMTokenizer, read_itos_pickle
+from awd_lstm_hf.tokenization_awd_lstm import AWDLSTMTokenizer, check_itos, read_itos_pickle
 
 
 def read_vocab(path: Path) -> list[str]:
     """fastai's `itos.pkl` (no pickled global allowed) or a JSON list of strings."""
     try:
         if path.suffix == ".json":
-            itos = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(itos, list) or not all(isinstance(token, str) for token in itos):
-                raise CheckpointError("not a JSON list of strings")
-            return itos
+            return check_itos(json.loads(path.read_text(encoding="utf-8")), str(path))
         return read_itos_pickle(path)
-    except (json.JSONDecodeError, pickle.UnpicklingError, UnicodeDecodeError, EOFError, CheckpointError) as error:
+    except (json.JSONDecodeError, pickle.UnpicklingError, UnicodeDecodeError, EOFError, ValueError) as error:
         raise CheckpointError(
             f"cannot read the vocabulary {path} (expected fastai's itos.pkl or a .json list of strings): "
             f"{type(error).__name__}: {error}"

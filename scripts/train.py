@@ -54,7 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--preset", default=None, help="smoke, cpu or ulmfit (default: ulmfit with CUDA, else cpu)")
     preset_name = first.parse_known_args(argv)[0].preset or ("ulmfit" if torch.cuda.is_available() else "cpu")
-    preset = json.loads((CONFIG_DIR / f"{preset_name}.json").read_text())
+    preset_file = CONFIG_DIR / f"{preset_name}.json"
+    if not preset_file.is_file():
+        first.error(f"no preset {preset_name!r}: choose one of {sorted(p.stem for p in CONFIG_DIR.glob('*.json'))}")
+    preset = json.loads(preset_file.read_text())
 
     parser = argparse.ArgumentParser(description=__doc__, parents=[first],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-import awd_lstm_hf  # noqa: F401  (registers the Auto classes)
+from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMTokenizer  # registers the Auto classes
+from awd_lstm_hf.tokenization_awd_lstm import SPECIAL_TOKENS
 
 TOL = 1e-5
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_fastai_checkpoint.py"
@@ -83,8 +84,6 @@ def test_trust_remote_code_without_the_package(converted, cases, tmp_path):
     torch.save({"x": cases["clas_x"], "y": cases["clas_y_single"], "x1": cases["lm_x1"], "y1": cases["lm_y1"]},
                tmp_path / "cases.pt")
     code = textwrap.dedent(f"""
-        import sys
-        sys.modules["awd_lstm_hf"] = None  # the package is not importable here
         import torch
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, pipeline
         c = torch.load({str(tmp_path / "cases.pt")!r}, weights_only=True)
@@ -97,12 +96,46 @@ def test_trust_remote_code_without_the_package(converted, cases, tmp_path):
             assert (clas(c["x"], attention_mask=(c["x"] != 1).long()).logits - c["y"]).abs().max() <= {TOL}
         out = pipeline("text-classification", model={str(converted / "classifier")!r}, trust_remote_code=True)("fine")
         assert out[0]["label"] in ("neg", "pos")
-        print("remote code ok")
     """)
+    run_without_the_package(code, tmp_path)
+
+
+def run_without_the_package(code: str, tmp_path: Path) -> None:
+    """Run `code` in a fresh interpreter where `import awd_lstm_hf` fails, offline."""
+    code = 'import sys\nsys.modules["awd_lstm_hf"] = None\n' + code + '\nprint("remote code ok")\n'
     env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code ok" in result.stdout
+
+
+@torch.no_grad()
+def test_any_saved_folder_loads_as_every_head_without_the_package(tmp_path):
+    """Plain `save_pretrained` (not only our scripts) copies the code and maps every Auto class."""
+    config = AWDLSTMConfig(vocab_size=16, embedding_size=8, hidden_size=12, num_hidden_layers=2)
+    torch.manual_seed(0)
+    lm = AWDLSTMForCausalLM(config).eval()
+    tokenizer = AWDLSTMTokenizer.from_itos([*SPECIAL_TOKENS, "i", "liked", "this", "movie", "it", ".", "xxfake"])
+    lm.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    ids = tokenizer("I liked this movie", return_tensors="pt")["input_ids"]
+    torch.save({"ids": ids, "logits": lm(ids).logits, "hidden": lm.model(ids).last_hidden_state}, tmp_path / "cases.pt")
+    code = textwrap.dedent(f"""
+        import torch
+        from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+        folder, c = {str(tmp_path / "lm")!r}, torch.load({str(tmp_path / "cases.pt")!r}, weights_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+        assert torch.equal(tokenizer("I liked this movie", return_tensors="pt")["input_ids"], c["ids"])
+        lm = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+        encoder = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        clas = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(clas).__module__.startswith("transformers_modules"), type(clas).__module__
+        with torch.no_grad():
+            assert torch.equal(lm(c["ids"]).logits, c["logits"])
+            assert torch.equal(encoder(c["ids"]).last_hidden_state, c["hidden"])
+            assert clas(c["ids"]).logits.shape == (1, 2)
+    """)
+    run_without_the_package(code, tmp_path)
 
 
 def test_vocab_that_does_not_fit_the_weights_is_refused(tmp_path, fastai_dir, fixtures_dir, capsys):
@@ -137,11 +170,13 @@ def test_classifier_weights_converted_as_lm_name_the_problem(tmp_path, fastai_di
         (b"cos\nsystem\n(S'echo pwned'\ntR.", "global"),  # a pickle that would call os.system
         (b"[1, 2", "JSONDecodeError"),
         (b"", "EOFError"),
+        (b"garbage\n", "not a readable pickle"),
+        (json.dumps([f"w{i}" for i in range(200)]).encode(), "not a fastai vocabulary"),
     ],
-    ids=["pickled-global", "broken-json", "empty"],
+    ids=["pickled-global", "broken-json", "empty", "not-a-pickle", "no-special-tokens"],
 )
 def test_bad_vocab_files_are_clear_errors(tmp_path, fastai_dir, capsys, content, message):
-    vocab = tmp_path / ("vocab.json" if message == "JSONDecodeError" else "itos.pkl")
+    vocab = tmp_path / ("vocab.json" if content.startswith((b"[", b"{")) else "itos.pkl")
     vocab.write_bytes(content)
     code = load_script().main(["--weights", str(fastai_dir / "lm_model.pth"), "--vocab", str(vocab),
                                "--task", "lm", "--out", str(tmp_path / "out")])

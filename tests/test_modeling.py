@@ -4,6 +4,7 @@ import threading
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMForSequenceClassification, AWDLSTMModel
 from awd_lstm_hf.convert import convert_fastai_checkpoint, load_fastai_state_dict
@@ -277,6 +278,62 @@ def test_dropouts_follow_fastai_defaults_per_task(tmp_path):
     assert custom.classifier.block_dropouts() == pytest.approx([0.27, 0.1])
     custom.config.drop_mult = 0.0
     assert custom.model.dropouts["input_p"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        lambda d: AutoModelForSequenceClassification.from_pretrained(d, drop_mult=0.3, embed_p=0.01),
+        lambda d: AWDLSTMForSequenceClassification.from_pretrained(d, drop_mult=0.3, embed_p=0.01),
+        lambda d: AutoModelForSequenceClassification.from_pretrained(
+            d, config=AutoConfig.from_pretrained(d, drop_mult=0.3, embed_p=0.01)),
+    ],
+    ids=["auto-class", "head-class", "auto-config"],
+)
+def test_dropouts_passed_when_loading_win_through_every_loader(tmp_path, load):
+    """From a language-model folder, a classifier takes fastai's classifier defaults except for what the
+    caller passed, whichever loader carries it; the override is not saved as a property of the model."""
+    AWDLSTMForCausalLM(tiny_config(drop_mult=0.7)).save_pretrained(tmp_path / "lm")
+    config = load(tmp_path / "lm").config
+    assert (config.dropout_task, config.drop_mult, config.embed_p) == ("classification", 0.3, 0.01)
+    assert (config.input_p, config.weight_p, config.hidden_p, config.output_p) == (0.4, 0.5, 0.3, 0.4)
+    assert "_explicit_dropouts" not in config.to_dict()
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "lm").config
+    assert (plain.drop_mult, plain.embed_p) == (0.5, 0.05)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda lm, cl, x: lm(x, attention_mask=torch.ones(1, 4)), "attention_mask"),
+        (lambda lm, cl, x: lm(x, attention_mask=torch.ones(2, 3)), "attention_mask"),
+        (lambda lm, cl, x: cl(x, attention_mask=torch.ones(2, 3)), "attention_mask"),
+        (lambda lm, cl, x: cl(x[:1], attention_mask=torch.ones(2, 4)), "attention_mask"),
+        (lambda lm, cl, x: lm(inputs_embeds=torch.randn(1, 3, 9)), "inputs_embeds"),
+        (lambda lm, cl, x: lm(torch.tensor([[2, 50]])), "outside the vocabulary"),
+        (lambda lm, cl, x: cl(torch.tensor([[2, -1]])), "outside the vocabulary"),
+        (lambda lm, cl, x: lm(x.float()), "integers"),
+        (lambda lm, cl, x: lm(x[0]), "integers"),
+        (lambda lm, cl, x: cl(x, labels=torch.tensor([0, 2])), "labels"),
+        (lambda lm, cl, x: cl(x, labels=torch.tensor([1])), "labels"),
+    ],
+    ids=["mask-rows", "mask-short", "clas-mask-short", "clas-mask-rows", "embeds-width", "id-too-big",
+         "negative-id", "float-ids", "1d-ids", "label-outside", "labels-count"],
+)
+def test_inputs_that_do_not_fit_the_model_are_clear_errors(call, message):
+    lm, cl = AWDLSTMForCausalLM(tiny_config()).eval(), AWDLSTMForSequenceClassification(tiny_config()).eval()
+    x = torch.randint(9, 50, (2, 4))
+    with pytest.raises(ValueError, match=message):
+        call(lm, cl, x)
+
+
+@torch.no_grad()
+def test_a_longer_mask_covers_the_last_positions_as_generate_passes_it():
+    lm = AWDLSTMForCausalLM(tiny_config()).eval()
+    x = torch.randint(9, 50, (2, 4))
+    longer = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 0, 1, 1, 1]])
+    assert torch.equal(lm(x, attention_mask=longer).logits, lm(x, attention_mask=longer[:, 2:]).logits)
+    assert torch.equal(lm(x[:, :0], attention_mask=longer).logits, lm(x[:, :0]).logits)
 
 
 @pytest.mark.parametrize(

@@ -436,3 +436,15 @@ def test_read_itos_pickle_requires_a_list_of_str(tmp_path, content):
     path.write_bytes(pickle.dumps(content))
     with pytest.raises(ValueError, match="vocabulary"):
         read_itos_pickle(path)
+
+
+@pytest.mark.parametrize(
+    "itos",
+    [["a", "b", "c"], list(reversed(SPECIAL_TOKENS)), [*SPECIAL_TOKENS[:4], "the", *SPECIAL_TOKENS[4:]]],
+    ids=["no-special-tokens", "reordered", "missing-marker"],
+)
+def test_a_vocabulary_not_laid_out_like_fastais_is_refused(itos):
+    """The model's unk/pad/bos/eos ids are the positions of fastai's special tokens: any other layout
+    would silently give those ids to other words."""
+    with pytest.raises(ValueError, match="not a fastai vocabulary"):
+        AWDLSTMTokenizer.from_itos(itos)

@@ -125,17 +125,36 @@ class AWDLSTMConfig(PreTrainedConfig):
             for layer in range(self.num_hidden_layers)
         ]
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As transformers', and remembers which dropouts the caller passed (e.g.
+        `from_pretrained(lm_dir, drop_mult=0.3)`, through any Auto class), so that `with_task_dropouts`
+        keeps them when it replaces the folder's other values by another task's defaults."""
+        explicit = {key for key in DROPOUT_KEYS if key in kwargs}
+        loaded = super().from_dict(config_dict, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        config._explicit_dropouts = explicit
+        return loaded
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output.pop("_explicit_dropouts", None)  # a property of this load, not of the model
+        return output
+
     def with_task_dropouts(self, task: str) -> "AWDLSTMConfig":
         """A copy whose dropouts are set for `task`: fastai's defaults fill values left at `None`, and
-        all of them are replaced when the config's values were chosen for the other task."""
+        all of them are replaced when the config's values were chosen for the other task, except those
+        the caller passed explicitly when loading."""
         defaults = TASK_DROPOUT_DEFAULTS[task]
-        replace_all = self.dropout_task not in (None, task)
-        if not replace_all and self.dropout_task == task and all(getattr(self, k) is not None for k in DROPOUT_KEYS):
+        explicit = getattr(self, "_explicit_dropouts", set())
+        replace = {key for key in DROPOUT_KEYS if getattr(self, key) is None}
+        if self.dropout_task not in (None, task):
+            replace |= set(DROPOUT_KEYS) - explicit
+        if not replace and self.dropout_task == task:
             return self
         config = self.__class__.from_dict(self.to_dict())
-        for key in DROPOUT_KEYS:
-            if replace_all or getattr(config, key) is None:
-                setattr(config, key, defaults[key])
+        for key in replace:
+            setattr(config, key, defaults[key])
         config.dropout_task = task
         return config
 

@@ -1,5 +1,6 @@
 """Writing a complete model folder: config, safetensors, tokenizer, the modeling code for
-`trust_remote_code`, and a model card whose YAML metadata carries the measured results."""
+`trust_remote_code` (which every `save_pretrained` of ours copies), and a model card whose YAML metadata
+carries the measured results."""
 
 from importlib.resources import files
 from pathlib import Path
@@ -7,28 +8,9 @@ from pathlib import Path
 import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizer
 
-from .configuration_awd_lstm import AWDLSTMConfig
-from .modeling_awd_lstm import AWDLSTMForCausalLM, AWDLSTMForSequenceClassification, AWDLSTMModel
-from .tokenization_awd_lstm import AWDLSTMTokenizer
+from .modeling_awd_lstm import AWDLSTMForCausalLM
 
 MODEL_CARD_TEMPLATE = files("awd_lstm_hf") / "model_cards" / "awd_lstm.md"  # model_cards/ in the repository
-AUTO_MAP = {
-    "AutoConfig": "configuration_awd_lstm.AWDLSTMConfig",
-    "AutoModel": "modeling_awd_lstm.AWDLSTMModel",
-    "AutoModelForCausalLM": "modeling_awd_lstm.AWDLSTMForCausalLM",
-    "AutoModelForSequenceClassification": "modeling_awd_lstm.AWDLSTMForSequenceClassification",
-}
-
-
-def register_for_remote_code() -> None:
-    """Make `save_pretrained` copy our code files next to the weights (see hf_integration.md section 2)."""
-    AWDLSTMConfig.register_for_auto_class()
-    AWDLSTMModel.register_for_auto_class("AutoModel")
-    AWDLSTMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-    AWDLSTMForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
-    AWDLSTMTokenizer.register_for_auto_class("AutoTokenizer")
-
-
 IMDB_LIMITS = """- Trained on English movie reviews (IMDB) only; expect it to be weaker on other domains and languages.
 - A unidirectional model without WikiText-103 pretraining: ULMFiT's published 95.4% on IMDB is a
   forward + backward ensemble of pretrained models.
@@ -84,8 +66,6 @@ def save_model_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizer, ou
                       card: str) -> Path:
     """Save everything a user (with or without our package) needs to load `output_dir`."""
     output_dir = Path(output_dir)
-    register_for_remote_code()
-    model.config.auto_map = dict(AUTO_MAP)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     (output_dir / "README.md").write_text(card)

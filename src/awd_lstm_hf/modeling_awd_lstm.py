@@ -26,6 +26,13 @@ from transformers.utils import ModelOutput
 from .configuration_awd_lstm import DROPOUT_KEYS, AWDLSTMConfig
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
+# What a saved folder's config.json maps each Auto class to, for `trust_remote_code`.
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_awd_lstm.AWDLSTMConfig",
+    "AutoModel": "modeling_awd_lstm.AWDLSTMModel",
+    "AutoModelForCausalLM": "modeling_awd_lstm.AWDLSTMForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_awd_lstm.AWDLSTMForSequenceClassification",
+}
 
 
 class AWDLSTMCache:
@@ -142,6 +149,39 @@ def real_tokens_first(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch
     return order, (~is_pad).sum(1)
 
 
+def check_inputs(
+    config: AWDLSTMConfig,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Refuse inputs that torch would accept and get silently wrong (a mask of another batch or shorter
+    than the input, embeddings of another width) or fail on deep inside (ids outside the vocabulary).
+    Returns the attention mask cut to the input's last positions (`generate` passes a longer one)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids and inputs_embeds")
+    if input_ids is not None:
+        if input_ids.dim() != 2 or input_ids.is_floating_point() or input_ids.is_complex():
+            raise ValueError(f"input_ids must be integers of shape (batch, length), got {input_ids.dtype} {tuple(input_ids.shape)}")
+        if input_ids.numel() and not (0 <= int(input_ids.min()) and int(input_ids.max()) < config.vocab_size):
+            bad = input_ids[(input_ids < 0) | (input_ids >= config.vocab_size)][0].item()
+            raise ValueError(f"input_ids holds {bad}, outside the vocabulary [0, {config.vocab_size}): "
+                             "was it encoded with another tokenizer?")
+        reference = input_ids
+    else:
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.embedding_size:
+            raise ValueError(f"inputs_embeds must have shape (batch, length, {config.embedding_size}), "
+                             f"got {tuple(inputs_embeds.shape)}")
+        reference = inputs_embeds
+    batch, time = reference.shape[:2]
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < time:
+        raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} does not cover an input of "
+                         f"shape ({batch}, {time})")
+    return attention_mask[:, attention_mask.shape[1] - time:]
+
+
 class AWDLSTMLayer(nn.Module):
     """One single-layer LSTM with fastai's WeightDropout (DropConnect) on its hidden-to-hidden matrix.
 
@@ -202,16 +242,11 @@ class AWDLSTMPreTrainedModel(PreTrainedModel):
         task = self.dropout_task or config.dropout_task or "causal_lm"
         super().__init__(config.with_task_dropouts(task), *inputs, **kwargs)
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """Dropouts passed here win over the folder's, even when the folder holds another task's
-        (the folder's are replaced by this head's fastai defaults first, as in `__init__`)."""
-        dropouts = {key: kwargs.pop(key) for key in DROPOUT_KEYS if key in kwargs}
-        model = super().from_pretrained(*args, **kwargs)
-        for key, value in dropouts.items():
-            setattr(model.config, key, value)
-        model.config.effective_dropouts()  # validates the new values
-        return model
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained`, with every head in `auto_map` (transformers lists only the saved
+        class), so that the folder loads as any head with `trust_remote_code` and no package installed."""
+        self.config.auto_map = dict(REMOTE_CODE_AUTO_MAP)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @property
     def dropouts(self) -> dict[str, float]:
@@ -350,16 +385,13 @@ class AWDLSTMModel(AWDLSTMPreTrainedModel):
 
         Inference without gradients reads long inputs `max_len` tokens at a time, carrying the state, so
         its working memory is bounded by `max_len`, not by the input's length (a 100k-token prompt)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids and inputs_embeds")
+        attention_mask = check_inputs(self.config, input_ids, attention_mask, inputs_embeds)
         reference = input_ids if input_ids is not None else inputs_embeds
         batch, time = reference.shape[:2]
         if cache is None:
             cache = self.zero_state(batch, reference.device)
         elif cache.batch_size != batch:
             raise ValueError(f"cache holds a state for {cache.batch_size} rows, the input has {batch}")
-        if attention_mask is not None:
-            attention_mask = attention_mask[:, -time:]
 
         streaming = not self.training and not torch.is_grad_enabled()
         window = max(self.config.max_len, self.config.bptt) if streaming else max(time, 1)
@@ -669,10 +701,11 @@ class AWDLSTMForSequenceClassification(AWDLSTMPreTrainedModel):
         only they are kept: memory is bounded by `max_len`, not by document length. Chunks before it only
         condition the state and run without a graph (fastai detaches the state, so no gradient reaches
         them either). Returns the pooled outputs (batch, window, E), left-aligned, and their mask."""
+        attention_mask = check_inputs(self.config, input_ids, attention_mask)
         batch, time = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        order, lengths = real_tokens_first(attention_mask[:, -time:])
+        order, lengths = real_tokens_first(attention_mask)
         ids = input_ids.gather(1, order)
         bptt, max_len = self.config.bptt, self.config.max_len
 
@@ -724,6 +757,10 @@ class AWDLSTMForSequenceClassification(AWDLSTMPreTrainedModel):
         logits = self.classifier(masked_concat_pool(pooled_outputs, pooled_mask))
         loss = None
         if labels is not None:
+            if self.config.num_labels > 1 and (labels.shape != logits.shape[:1] or labels.is_floating_point() or (
+                    labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < self.config.num_labels))):
+                raise ValueError(f"labels must be one class id in [0, {self.config.num_labels}) per document, "
+                                 f"got {labels.tolist()}")
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
         return AWDLSTMSequenceClassifierOutput(
             loss=loss, logits=logits, last_hidden_state=pooled_outputs, pooled_mask=pooled_mask

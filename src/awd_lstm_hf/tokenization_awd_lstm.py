@@ -196,17 +196,22 @@ class _NoGlobalsUnpickler(pickle.Unpickler):
         )
 
 
-def _check_itos(itos, source: str) -> list[str]:
-    """Return `itos` if it is a non-empty list of str, else raise a ValueError naming `source`."""
+def check_itos(itos, source: str) -> list[str]:
+    """Return `itos` if it is a fastai vocabulary: a list of str starting with fastai's special tokens in
+    their order (the model's unk, pad, bos and eos ids are their positions), else raise a ValueError
+    naming `source`."""
     if not isinstance(itos, list):
         raise ValueError(f"{source} should hold a vocabulary (a list of str), not a {type(itos).__name__}")
-    if not itos:
-        raise ValueError(f"{source} holds an empty vocabulary")
     for index, token in enumerate(itos):
         if not isinstance(token, str):
             raise ValueError(
                 f"{source} should hold a vocabulary (a list of str): entry {index} is a {type(token).__name__}"
             )
+    if tuple(itos[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+        raise ValueError(
+            f"{source} is not a fastai vocabulary: it should start with {list(SPECIAL_TOKENS)}, "
+            f"got {itos[: len(SPECIAL_TOKENS)]}"
+        )
     return itos
 
 
@@ -217,7 +222,11 @@ def read_itos_pickle(path: str | os.PathLike) -> list[str]:
             itos = _NoGlobalsUnpickler(f).load()
         except pickle.UnpicklingError as error:
             raise pickle.UnpicklingError(f"{path}: {error}") from None
-    return _check_itos(itos, str(path))
+        except Exception as error:  # not a pickle at all: the unpickler's own message is cryptic
+            raise pickle.UnpicklingError(
+                f"{path} is not a readable pickle of a vocabulary ({type(error).__name__}: {error})"
+            ) from None
+    return check_itos(itos, str(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,9 +363,9 @@ class AWDLSTMTokenizer(PreTrainedTokenizer):
                     f"('{VOCAB_FILES_NAMES['vocab_file']}', written by save_pretrained)"
                 )
             with open(vocab_file, encoding="utf-8") as f:
-                itos = _check_itos(json.load(f), vocab_file)
+                itos = check_itos(json.load(f), vocab_file)
         else:
-            itos = _check_itos(list(itos), "itos")
+            itos = check_itos(list(itos), "itos")
         self._itos = itos
         self._token_to_id = {}
         for index, token in enumerate(itos):
