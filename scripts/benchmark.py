@@ -1,24 +1,37 @@
 """Benchmarks, written as JSON and as a markdown table.
 
     python scripts/benchmark.py --out runs/benchmark            # generation speed, cpu-preset sizes
+    python scripts/benchmark.py --compare-fastai ../.venv-fastai/bin/python   # and side by side with fastai
 
 Generation: tokens/s of `model.generate` (sampling, temperature 0.75, as fastai's `predict`) at 40 and
 400 new tokens, batch 1 and 16, on a model of the `cpu` preset's sizes with random weights (speed does
 not depend on the weights). The recurrent state is carried, so the time per token stays flat: the
 400-token run must not cost more than 12x the 40-token run.
+
+`--compare-fastai PYTHON` (the interpreter of a venv with fastai 2.8.12, made with
+../shared/tools/setup_fastai_venv.sh) also times our `pipeline("text-generation")` against fastai's
+`learn.predict` on models of the same sizes and vocabulary, the seed's prompt and settings, alternating
+the two sides round by round in one sitting (fastai runs in `scripts/fastai_worker.py`, its own warm
+process), and reports medians and ratios. fastai's "words" are tokens: both sides produce exactly
+`n_words` tokens.
 """
 
 import argparse
 import json
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 import torch
+from transformers import pipeline
 
-from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM
+from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMTokenizer
+from awd_lstm_hf.tokenization_awd_lstm import SPECIAL_TOKENS
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SCRIPTS_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = SCRIPTS_DIR.parent / "configs"
+PROMPT = "I liked this movie"  # the seed's call: learn.predict(PROMPT, n_words, temperature=0.75)
 
 
 def preset_model(preset: str, vocab_size: int) -> AWDLSTMForCausalLM:
@@ -63,6 +76,68 @@ def generation_benchmark(preset: str, vocab_size: int, repeats: int) -> list[dic
     return rows
 
 
+def benchmark_vocabulary(vocab_size: int) -> list[str]:
+    """fastai's special tokens, the prompt's words, then fillers: a vocabulary of the requested size that
+    both sides can read (generation speed depends on its size only)."""
+    words = ["i", "liked", "this", "movie", "."]
+    return [*SPECIAL_TOKENS, *words, *(f"word{i}" for i in range(vocab_size - len(SPECIAL_TOKENS) - len(words)))]
+
+
+class FastaiWorker:
+    """`scripts/fastai_worker.py` in the fastai venv: one JSON request per line, one JSON answer per line."""
+
+    def __init__(self, python: str):
+        self.process = subprocess.Popen([python, str(SCRIPTS_DIR / "fastai_worker.py")], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+
+    def ask(self, **request) -> dict:
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the fastai worker stopped (exit code {self.process.wait()}); see its stderr above")
+        return json.loads(answer)
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def generation_vs_fastai(python: str, preset: str, vocab_size: int, rounds: int) -> list[dict]:
+    """Words/s of our text-generation pipeline and of fastai's `learn.predict`, same sizes, vocabulary,
+    prompt and sampling (temperature 0.75, no top-k, `xxunk` never drawn), alternating round by round."""
+    settings = json.loads((CONFIG_DIR / f"{preset}.json").read_text())
+    itos = benchmark_vocabulary(vocab_size)
+    generator = pipeline("text-generation", model=preset_model(preset, vocab_size),
+                         tokenizer=AWDLSTMTokenizer.from_itos(itos))
+    fastai = FastaiWorker(python)
+    try:
+        fastai.ask(task="setup_lm", itos=itos, emb=settings["embedding_size"], hid=settings["hidden_size"],
+                   layers=settings["num_hidden_layers"], threads=torch.get_num_threads())
+        times = {(side, n): [] for side in ("ours", "fastai") for n in (40, 400)}
+        for round_index in range(rounds + 1):  # round 0 warms both sides up and is not counted
+            for n in (40, 400):
+                torch.manual_seed(round_index)
+                start = time.perf_counter()
+                generator(PROMPT, max_new_tokens=n, min_new_tokens=n, do_sample=True, temperature=0.75, top_k=0)
+                ours = time.perf_counter() - start
+                theirs = fastai.ask(task="predict", text=PROMPT, n_words=n, temperature=0.75, seed=round_index)["seconds"]
+                if round_index:
+                    times["ours", n].append(ours)
+                    times["fastai", n].append(theirs)
+    finally:
+        fastai.close()
+    rows = []
+    for n in (40, 400):
+        ours, theirs = (statistics.median(times[side, n]) for side in ("ours", "fastai"))
+        rows.append({
+            "benchmark": "generation_vs_fastai_predict", "preset_sizes": preset, "vocab_size": vocab_size,
+            "words": n, "rounds": rounds, "ours_words_per_s": round(n / ours, 1),
+            "fastai_words_per_s": round(n / theirs, 1), "speedup": round(theirs / ours, 1),
+        })
+    return rows
+
+
 def markdown_table(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -76,13 +151,18 @@ def main(argv=None):
     parser.add_argument("--preset", default="cpu", help="model sizes from configs/PRESET.json")
     parser.add_argument("--vocab_size", type=int, default=15008)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compare-fastai", metavar="PYTHON", help="a fastai 2.8.12 venv's interpreter")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds against fastai")
     args = parser.parse_args(argv)
     rows = generation_benchmark(args.preset, args.vocab_size, args.repeats)
+    if args.compare_fastai:
+        rows += generation_vs_fastai(args.compare_fastai, args.preset, args.vocab_size, args.rounds)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmark.json").write_text(json.dumps({"torch_threads": torch.get_num_threads(), "results": rows}, indent=2))
-    table = markdown_table(rows)
-    (args.out / "benchmark.md").write_text(table + "\n")
-    print(table)
+    tables = [markdown_table([row for row in rows if row["benchmark"] == name])
+              for name in dict.fromkeys(row["benchmark"] for row in rows)]
+    (args.out / "benchmark.md").write_text("\n\n".join(tables) + "\n")
+    print("\n\n".join(tables))
 
 
 if __name__ == "__main__":
