@@ -5,7 +5,8 @@ texts, stage 2 the classifier from the stage-1 encoder (gradual unfreezing).
     accelerate launch scripts/train.py --preset cpu --output_dir runs/cpu
 
 Presets are the JSON files in `configs/`; every key can be overridden by the flag of the same name.
-Writes OUTPUT_DIR/lm and OUTPUT_DIR/classifier (complete model folders) and OUTPUT_DIR/metrics.json.
+Writes OUTPUT_DIR/lm and OUTPUT_DIR/classifier (complete model folders) and OUTPUT_DIR/metrics.json;
+`--push_to_hub --hub_model_id ID` uploads the folders to the Hub repositories ID-lm and ID-classifier.
 """
 
 import argparse
@@ -33,7 +34,7 @@ from awd_lstm_hf.data import (
     numericalize,
     tokenize_corpus,
 )
-from awd_lstm_hf.export import IMDB_LIMITS, model_card_text, save_model_folder
+from awd_lstm_hf.export import IMDB_LIMITS, model_card_text, push_to_hub, save_model_folder
 from awd_lstm_hf.tokenization_awd_lstm import AWDLSTMTokenizer
 from awd_lstm_hf.training import (
     ClassifierTrainer,
@@ -65,11 +66,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="processes for tokenization")
+    parser.add_argument("--push_to_hub", action="store_true", help="upload both folders (token: HF_TOKEN or login)")
+    parser.add_argument("--hub_model_id", help="Hub repositories HUB_MODEL_ID-lm and HUB_MODEL_ID-classifier")
+    parser.add_argument("--hub_private", action="store_true", default=None, help="create the repositories private")
     settings = parser.add_argument_group(f"preset {preset_name!r} (configs/{preset_name}.json); values are JSON")
     for key, value in preset.items():
         if key != "description":
             settings.add_argument(f"--{key}", type=json.loads, default=json.dumps(value), help=f"(preset: {json.dumps(value)})")
     args = parser.parse_args(argv)
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
     args.preset = preset_name
     args.settings = {key: getattr(args, key) for key in preset if key != "description"}
     return args
@@ -184,6 +190,10 @@ def main(argv=None):
     tokenizer = AWDLSTMTokenizer.from_counts(count_tokens(concatenate_datasets(lm_tokens)),
                                              min_freq=s["min_freq"], max_vocab=s["max_vocab"])
     logger.info("tokenization and vocabulary: %.0f s", time.time() - started)
+    model_ids = {task: f"{args.hub_model_id}-{task}" if args.hub_model_id else f"awd-lstm-imdb-{task}-{args.preset}"
+                 for task in ("lm", "classifier")}
+    training_settings = {"script": "scripts/train.py", "preset": args.preset, "dataset": args.dataset,
+                         "seed": args.seed, "settings": s}
 
     lm_started = time.time()
     lm, lm_metrics, lm_history = train_language_model(args, s, state, lm_texts, tokenizer, work_dir)
@@ -193,10 +203,10 @@ def main(argv=None):
                   f"(seed {args.seed}) on IMDB review texts ({s['lm_docs'] or 'all'} reviews, "
                   f"{s['lm_valid_pct']:.0%} held out for validation).")
     if state.is_main_process:
-        card = model_card_text(lm, model_id=f"awd-lstm-imdb-lm-{args.preset}", provenance=provenance,
+        card = model_card_text(lm, model_id=model_ids["lm"], provenance=provenance,
                                results={"perplexity": lm_metrics["perplexity"], "accuracy": lm_metrics["accuracy"]},
                                limits=IMDB_LIMITS, dataset=IMDB_HUB_ID, license="apache-2.0")
-        save_model_folder(lm, tokenizer, output_dir / "lm", card)
+        save_model_folder(lm, tokenizer, output_dir / "lm", card, training_settings)
     state.wait_for_everyone()
 
     clas_started = time.time()
@@ -205,14 +215,15 @@ def main(argv=None):
     logger.info("classifier: %s in %.0f s", clas_metrics, clas_seconds)
     if state.is_main_process:
         card = model_card_text(
-            classifier, model_id=f"awd-lstm-imdb-classifier-{args.preset}",
+            classifier, model_id=model_ids["classifier"],
             provenance=provenance + " The classifier starts from that encoder and is fine-tuned with gradual "
             f"unfreezing on {len(splits['train'])} labelled train reviews; accuracy is on "
             f"{clas_metrics['test_documents']} test reviews.",
             results={"accuracy": clas_metrics["test_accuracy"]},
             limits=IMDB_LIMITS, dataset=IMDB_HUB_ID, license="apache-2.0",
+            base_model=model_ids["lm"] if args.hub_model_id else None,
         )
-        save_model_folder(classifier, tokenizer, output_dir / "classifier", card)
+        save_model_folder(classifier, tokenizer, output_dir / "classifier", card, training_settings)
         summary = {
             "preset": args.preset, "settings": s, "precision": describe_precision(mixed_precision()),
             "processes": state.num_processes, "vocab_size": len(tokenizer),
@@ -223,6 +234,9 @@ def main(argv=None):
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         logger.info("done in %.0f s: LM perplexity %.2f, LM accuracy %.4f, classifier test accuracy %.4f",
                     summary["wall_seconds"], lm_metrics["perplexity"], lm_metrics["accuracy"], clas_metrics["test_accuracy"])
+        if args.push_to_hub:
+            for task, repo_id in model_ids.items():
+                logger.info("pushed %s: %s", task, push_to_hub(output_dir / task, repo_id, private=args.hub_private))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,45 @@
 """Writing a complete model folder: config, safetensors, tokenizer, the modeling code for
-`trust_remote_code` (which every `save_pretrained` of ours copies), and a model card whose YAML metadata
-carries the measured results."""
+`trust_remote_code` (which every `save_pretrained` of ours copies), the training settings, and a model
+card whose YAML metadata carries the measured results; recording benchmark results in that card; pushing
+the folder to the Hub."""
 
+import json
 from importlib.resources import files
 from pathlib import Path
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import PreTrainedModel, PreTrainedTokenizer
+from transformers.utils import hub
 
 from .modeling_awd_lstm import AWDLSTMForCausalLM
 
 MODEL_CARD_TEMPLATE = files("awd_lstm_hf") / "model_cards" / "awd_lstm.md"  # model_cards/ in the repository
+TRAINING_SETTINGS = "training_settings.json"  # how train.py made the folder: dataset, seed, preset settings
+BENCHMARK_START, BENCHMARK_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+TASK_NAMES = {"text-generation": "Text Generation", "text-classification": "Text Classification"}
+# What a pushed repository must hold to load with `trust_remote_code=True` where our package is missing.
+FOLDER_FILES = ("config.json", "model.safetensors", "README.md", "vocab.json", "tokenizer_config.json",
+                "configuration_awd_lstm.py", "modeling_awd_lstm.py", "tokenization_awd_lstm.py")
 IMDB_LIMITS = """- Trained on English movie reviews (IMDB) only; expect it to be weaker on other domains and languages.
 - A unidirectional model without WikiText-103 pretraining: ULMFiT's published 95.4% on IMDB is a
   forward + backward ensemble of pretrained models.
 - IMDB reviews carry their authors' biases; do not use its outputs for decisions about people."""
+
+
+def eval_results(pipeline_tag: str, results: dict[str, float], *, dataset: str | None,
+                 split: str | None = None) -> list[EvalResult]:
+    """`results` (metric name -> value) as model-index entries, one per metric."""
+    return [
+        EvalResult(task_type=pipeline_tag, task_name=TASK_NAMES[pipeline_tag], dataset_type=dataset or "unknown",
+                   dataset_name=dataset or "unknown", dataset_split=split, metric_type=name, metric_name=name,
+                   metric_value=round(float(value), 6))
+        for name, value in results.items()
+    ]
+
+
+def results_table(results: dict[str, float]) -> str:
+    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in results.items())
+    return f"| metric | value |\n|---|---|\n{rows}"
 
 
 def model_card_text(model: PreTrainedModel, *, model_id: str, provenance: str, results: dict[str, float],
@@ -22,51 +47,76 @@ def model_card_text(model: PreTrainedModel, *, model_id: str, provenance: str, r
                     base_model: str | None = None, template=MODEL_CARD_TEMPLATE) -> str:
     """The README.md of a model folder, with `model-index` metadata listing `results` (name -> value).
     `dataset` and `license` go into the metadata only when known (a converted checkpoint's are not)."""
-    is_lm = isinstance(model, AWDLSTMForCausalLM)
-    pipeline_tag = "text-generation" if is_lm else "text-classification"
-    task_name = "Text Generation" if is_lm else "Text Classification"
-    metadata = {"license": license} if license else {}
-    metadata |= {
-        "language": ["en"],
-        "library_name": "transformers",
-        "pipeline_tag": pipeline_tag,
-        "tags": ["awd-lstm", "ulmfit", "fastai", "lstm", "custom_code"],
-    }
-    if dataset:
-        metadata["datasets"] = [dataset]
-    if results:
-        metadata["model-index"] = [{
-            "name": model_id,
-            "results": [{
-                "task": {"type": pipeline_tag, "name": task_name},
-                "dataset": {"type": dataset or "unknown", "name": dataset or "unknown"},
-                "metrics": [{"type": name, "name": name, "value": round(float(value), 6)} for name, value in results.items()],
-            }],
-        }]
-    if base_model:
-        metadata["base_model"] = base_model
+    pipeline_tag = "text-generation" if isinstance(model, AWDLSTMForCausalLM) else "text-classification"
+    metadata = ModelCardData(
+        license=license, language=["en"], library_name="transformers", pipeline_tag=pipeline_tag,
+        tags=["awd-lstm", "ulmfit", "fastai", "lstm", "custom_code"], datasets=[dataset] if dataset else None,
+        base_model=base_model, model_name=model_id,
+        eval_results=eval_results(pipeline_tag, results, dataset=dataset) or None,
+    )
     config = model.config
-    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in results.items())
     return template.read_text().format(
-        metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
+        metadata=metadata.to_yaml(),
         title=model_id,
-        task_description="language model" if is_lm else "sentiment classifier (neg/pos)",
+        task_description="language model" if pipeline_tag == "text-generation" else "sentiment classifier (neg/pos)",
         provenance=provenance,
         vocab_size=config.vocab_size,
         embedding_size=config.embedding_size,
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
-        results=f"| metric | value |\n|---|---|\n{rows}" if results else "Not measured.",
+        results=results_table(results) if results else "Not measured.",
+        benchmark=f"{BENCHMARK_START}\nNot run yet.\n{BENCHMARK_END}",
         pipeline_tag=pipeline_tag,
         limits=limits,
     )
 
 
 def save_model_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizer, output_dir: str | Path,
-                      card: str) -> Path:
-    """Save everything a user (with or without our package) needs to load `output_dir`."""
+                      card: str, training_settings: dict | None = None) -> Path:
+    """Save everything a user (with or without our package) needs to load `output_dir`, and how it was
+    trained (`training_settings`, read back by `scripts/benchmark.py` to find the held-out texts)."""
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     (output_dir / "README.md").write_text(card)
+    if training_settings is not None:
+        (output_dir / TRAINING_SETTINGS).write_text(json.dumps(training_settings, indent=2))
     return output_dir
+
+
+def record_benchmark(folder: str | Path, results: dict[str, float], *, dataset: str, split: str, table: str) -> None:
+    """Put a benchmark's `results` into the model card of `folder`: model-index entries for `split` (which
+    replace those of an earlier run on the same dataset, split and metric; training's have no split), and
+    `table` (markdown) in the card's benchmark section."""
+    path = Path(folder) / "README.md"
+    card = ModelCard.load(path)
+    new = eval_results(card.data.pipeline_tag, results, dataset=dataset, split=split)
+    replaced = {(result.dataset_type, result.dataset_split, result.metric_type) for result in new}
+    kept = [result for result in card.data.eval_results or []
+            if (result.dataset_type, result.dataset_split, result.metric_type) not in replaced]
+    card.data.eval_results = kept + new
+    card.data.model_name = card.data.model_name or Path(folder).name
+    section = f"{BENCHMARK_START}\n{table}\n{BENCHMARK_END}"
+    if BENCHMARK_START in card.text and BENCHMARK_END in card.text:
+        before, rest = card.text.split(BENCHMARK_START, 1)
+        card.text = before + section + rest.split(BENCHMARK_END, 1)[1]
+    else:
+        card.text = card.text.rstrip("\n") + f"\n\n## Benchmark\n\n{section}\n"
+    card.save(path)
+
+
+def push_to_hub(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None) -> str:
+    """Upload a saved model folder as it is (card, code files, `auto_map` for every head) to the Hub model
+    repository `repo_id`, creating it if needed, through transformers' shared Hub client. (A model's own
+    `push_to_hub` re-saves it and replaces the card with the Hub's default one for a new repository.)
+    The token defaults to huggingface_hub's (HF_TOKEN, or the saved login). Returns the commit URL."""
+    folder = Path(folder)
+    missing = [name for name in FOLDER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a complete model folder (missing {', '.join(missing)}); "
+                                "write it with save_model_folder")
+    api = hub.hf_api()
+    repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, token=token,
+                               commit_message=f"Upload {folder.name} with awd-lstm-hf")
+    return commit.commit_url
