@@ -7,7 +7,8 @@
 `--weights` is a fastai state_dict (`learn.save(..., with_opt=False)` or `model.state_dict()`), read with
 `torch.load(weights_only=True)`; `--vocab` is fastai's `itos.pkl` (read without allowing any pickled
 global) or a JSON list. Dropouts cannot be read from weights: the folder gets fastai's defaults for the
-task. The folder loads with `pipeline(...)` (with our package) or `trust_remote_code=True` (without).
+task. The folder loads with `pipeline(...)` (with our package) or `trust_remote_code=True` (without);
+`--push_to_hub REPO_ID` also uploads it to that Hub repository (token: HF_TOKEN or the saved login).
 """
 
 import argparse
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from awd_lstm_hf.convert import CheckpointError, convert_fastai_checkpoint, load_fastai_state_dict
-from awd_lstm_hf.export import model_card_text, save_model_folder
+from awd_lstm_hf.export import model_card_text, push_to_hub, save_model_folder
 from awd_lstm_hf.tokenization_awd_lstm import AWDLSTMTokenizer, check_itos, read_itos_pickle
 
 
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bptt", type=int, help="classifier chunk length (fastai seq_len, default 72)")
     parser.add_argument("--max-len", type=int, help="classifier pooled window (fastai max_len, default 1440)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the folder to this Hub model repository")
     args = parser.parse_args(argv)
     try:
         folder = convert(args.weights, args.vocab, args.task, args.out, args.bptt, args.max_len)
@@ -68,6 +70,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {folder}")
+    if args.push_to_hub:
+        print(f"pushed {push_to_hub(folder, args.push_to_hub)}")
     return 0
 
 
