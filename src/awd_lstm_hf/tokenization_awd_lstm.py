@@ -229,6 +229,39 @@ def read_itos_pickle(path: str | os.PathLike) -> list[str]:
     return check_itos(itos, str(path))
 
 
+def read_itos_text(path: str | os.PathLike) -> list[str]:
+    """A vocabulary written one token per line (UTF-8, lines split on '\\n' only). fastai vocabularies
+    often hold tokens with line breaks ('\\n\\n'), which this format cannot store: an empty line is
+    refused rather than silently shifting every id after it."""
+    with open(path, encoding="utf-8", newline="") as f:
+        lines = f.read().split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final newline
+    if "" in lines:
+        raise ValueError(
+            f"{path}: line {lines.index('') + 1} is empty. A text vocabulary holds one token per line, so "
+            "tokens containing line breaks (fastai's '\\n\\n', '\\n\\n▁') cannot be stored in it: use the "
+            "itos.pkl or a .json list"
+        )
+    return check_itos(lines, str(path))
+
+
+def read_itos(path: str | os.PathLike) -> list[str]:
+    """A fastai vocabulary from `itos.pkl` (no pickled global allowed), a `.json` list of str or a `.txt`
+    file with one token per line; any problem is a ValueError naming the file."""
+    suffix = os.path.splitext(path)[1]
+    try:
+        if suffix == ".json":
+            with open(path, encoding="utf-8") as f:
+                return check_itos(json.load(f), str(path))
+        return read_itos_text(path) if suffix == ".txt" else read_itos_pickle(path)
+    except (pickle.UnpicklingError, EOFError, ValueError) as error:  # JSON and Unicode errors are ValueErrors
+        raise ValueError(
+            f"cannot read the vocabulary {path} (expected fastai's itos.pkl, a .json list of strings or a "
+            f".txt file with one token per line): {type(error).__name__}: {error}"
+        ) from error
+
+
 # ----------------------------------------------------------------------------------------------
 # Detokenization
 # ----------------------------------------------------------------------------------------------
@@ -380,7 +413,7 @@ class AWDLSTMTokenizer(PreTrainedTokenizer):
 
     @classmethod
     def from_itos(cls, itos: Iterable[str], **kwargs) -> "AWDLSTMTokenizer":
-        """A tokenizer for a fastai vocabulary (e.g. `read_itos_pickle("itos.pkl")` or `learn.dls.vocab`)."""
+        """A tokenizer for a fastai vocabulary (e.g. `read_itos("itos.pkl")` or `learn.dls.vocab`)."""
         return cls(itos=list(itos), **kwargs)
 
     @classmethod
@@ -485,5 +518,7 @@ __all__ = [
     "apply_fastai_rules",
     "build_vocab",
     "fastai_tokenize_batch",
+    "read_itos",
     "read_itos_pickle",
+    "read_itos_text",
 ]

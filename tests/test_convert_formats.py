@@ -1,0 +1,319 @@
+"""The converter reads every file form fastai writes (plain state_dict, `learn.save`'s {"model", "opt"},
+`save_encoder`, fastai v1 and DataParallel key layouts) and every vocabulary form, gives fastai's logits,
+never executes pickled code, and names the offending key or global in each refusal."""
+
+import json
+import os
+import pickle
+import sys
+import types
+from pathlib import Path
+
+import numpy
+import pytest
+import torch
+
+from awd_lstm_hf.convert import CheckpointError, convert_fastai_checkpoint, convert_fastai_files, load_fastai_state_dict
+from awd_lstm_hf.tokenization_awd_lstm import read_itos, read_itos_pickle
+from test_convert_and_load import cases, fastai_dir, load_script  # noqa: F401 (cases, fastai_dir: fixtures)
+
+TOL = 1e-5
+LEARN_SAVE_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "fastai_learn_save"
+
+
+@pytest.fixture(scope="module")
+def lm_state(fastai_dir):
+    return torch.load(fastai_dir / "lm_model.pth", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def clas_state(fastai_dir):
+    return torch.load(fastai_dir / "clas_model.pth", weights_only=True)
+
+
+@pytest.fixture
+def fastcore_l(monkeypatch):
+    """A stand-in for `fastcore.foundation.L` that pickles as fastai's does (NEWOBJ, then BUILD with
+    {"items": [...]}), registered under fastcore's module name only while the test writes its files."""
+    module = types.ModuleType("fastcore.foundation")
+
+    class L:
+        def __init__(self, items):
+            self.items = list(items)
+
+    L.__module__, L.__qualname__ = "fastcore.foundation", "L"
+    module.L = L
+    monkeypatch.setitem(sys.modules, "fastcore", types.ModuleType("fastcore"))
+    monkeypatch.setitem(sys.modules, "fastcore.foundation", module)
+    return L
+
+
+def learn_save(state: dict, L) -> dict:
+    """`learn.save(name)` with fastai's Adam state: per-parameter tensors, and hyper-parameters in an
+    `L` of dicts whose one-cycle values are numpy scalars."""
+    opt = {"state": [{"grad_avg": torch.ones(3), "sqr_avg": torch.ones(3), "step": 7}],
+           "hypers": L([{"wd": 0.01, "sqr_mom": 0.99, "lr": numpy.float64(1e-3), "mom": numpy.float32(0.9),
+                         "eps": 1e-5}, {"lr": numpy.float64(1e-2), "mom": 0.9}])}
+    return {"model": state, "opt": opt}
+
+
+def v1_layout(state: dict) -> dict:
+    """A fastai v1-era state_dict: a derived `rnns.N.module.weight_hh_l0` after each `weight_ih_l0` (here
+    a dropped-out copy, which must not be read) and a flat head `1.layers.M` whose Linears have a bias."""
+    out, linear = {}, 0
+    for key, tensor in state.items():
+        if key.startswith("1.layers."):
+            block, module, param = key.removeprefix("1.layers.").split(".")
+            flat = f"1.layers.{4 * int(block) + int(module)}"
+            out[f"{flat}.{param}"] = tensor
+            if tensor.dim() == 2:
+                out[f"{flat}.bias"] = torch.zeros(tensor.shape[0])
+            continue
+        out[key] = tensor
+        if key.endswith("module.weight_ih_l0"):
+            raw = state[key.replace("module.weight_ih_l0", "weight_hh_l0_raw")]
+            out[key.replace("weight_ih_l0", "weight_hh_l0")] = torch.nn.functional.dropout(raw, 0.5)
+    return out
+
+
+def encoder_only(state: dict, prefix: str) -> dict:
+    """What `learn.save_encoder` writes: the AWD_LSTM's keys without prefix."""
+    return {key.removeprefix(prefix): tensor for key, tensor in state.items() if key.startswith(prefix)}
+
+
+def data_parallel(state: dict) -> dict:
+    return {f"module.{key}": tensor for key, tensor in state.items()}
+
+
+@torch.no_grad()
+def assert_lm_matches(model, cases, without_decoder_bias=0):
+    """fastai's logits, first x1 then x2 continuing from x1's state (less a decoder bias the model lacks)."""
+    first = model(cases["lm_x1"])
+    assert (first.logits - (cases["lm_y1"] - without_decoder_bias)).abs().max() <= TOL
+    continued = model(cases["lm_x2"], cache=first.cache).logits
+    assert (continued - (cases["lm_y2_continued"] - without_decoder_bias)).abs().max() <= TOL
+
+
+@torch.no_grad()
+def assert_classifier_matches(model, cases):
+    x = cases["clas_x"]
+    assert (model(x, attention_mask=(x != 1).long()).logits - cases["clas_y_single"]).abs().max() <= TOL
+
+
+def clas_overrides(cases):
+    return dict(bptt=int(cases["clas_seq_len"]), max_len=int(cases["clas_max_len"]))
+
+
+FORMS = {
+    "plain": lambda state, L: state,
+    "learn_save": learn_save,
+    "data_parallel": lambda state, L: data_parallel(state),
+    "v1": lambda state, L: v1_layout(state),
+    "v1_learn_save_data_parallel": lambda state, L: learn_save(data_parallel(v1_layout(state)), L),
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_file_form_gives_fastai_logits(form, tmp_path, fastai_dir, cases, lm_state, clas_state, fastcore_l,
+                                             monkeypatch):
+    torch.save(FORMS[form](lm_state, fastcore_l), tmp_path / "lm.pth")
+    torch.save(FORMS[form](clas_state, fastcore_l), tmp_path / "clas.pth")
+    if "learn_save" in form:  # the file names the globals of a real learn.save: the allow-list is exercised
+        pickled = set(torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "lm.pth"))
+        assert {"fastcore.foundation.L", "numpy.dtype"} < pickled
+    monkeypatch.delitem(sys.modules, "fastcore.foundation")  # reading must not need fastcore
+    lm = convert_fastai_files(tmp_path / "lm.pth", fastai_dir / "itos.pkl", "lm")
+    assert lm.notes == [] and lm.model.config.tie_word_embeddings
+    assert_lm_matches(lm.model, cases)
+    classifier = convert_fastai_files(tmp_path / "clas.pth", fastai_dir / "itos.pkl", "classification",
+                                      **clas_overrides(cases))
+    assert classifier.model.config.classifier_hidden_sizes == [50] and classifier.model.config.num_labels == 2
+    assert_classifier_matches(classifier.model, cases)
+
+
+def test_learn_save_files_written_by_fastai_give_its_logits():
+    """Real `learn.save` files (fastai 2.8.12, optimizer state after fit_one_cycle: fastcore `L` and
+    numpy scalars) from tests/fixtures/fastai_learn_save."""
+    cases = torch.load(LEARN_SAVE_FIXTURE / "cases.pt", weights_only=True)
+    lm = convert_fastai_files(LEARN_SAVE_FIXTURE / "lm.pth", LEARN_SAVE_FIXTURE / "itos.pkl", "lm").model
+    with torch.no_grad():
+        assert (lm(cases["lm_x"]).logits - cases["lm_y"]).abs().max() <= TOL
+        classifier = convert_fastai_files(LEARN_SAVE_FIXTURE / "clas.pth", LEARN_SAVE_FIXTURE / "itos.pkl",
+                                          "classification").model
+        assert classifier.config.classifier_hidden_sizes == [6]
+        assert (classifier(cases["clas_x"]).logits - cases["clas_y"]).abs().max() <= TOL
+
+
+def test_encoder_file_as_language_model_has_tied_decoder_and_zero_bias(tmp_path, fastai_dir, cases, lm_state):
+    torch.save(encoder_only(lm_state, "0."), tmp_path / "encoder.pth")
+    lm = convert_fastai_files(tmp_path / "encoder.pth", fastai_dir / "itos.pkl", "lm")
+    assert "decoder is tied" in lm.notes[0] and "bias is zeros" in lm.notes[0]
+    assert lm.model.config.tie_word_embeddings and lm.model.config.out_bias
+    assert torch.equal(lm.model.lm_head.bias, torch.zeros(200))
+    assert_lm_matches(lm.model, cases, without_decoder_bias=lm_state["1.decoder.bias"])
+
+
+def test_encoder_file_as_classifier_gets_a_fresh_head(tmp_path, fastai_dir, cases, lm_state, capsys):
+    """ULMFiT's step: the LM's encoder under a new head. The encoder gives fastai's LM hidden states
+    (decoded with the fixture's decoder they are fastai's logits); the head is new, as our model makes it."""
+    torch.save(data_parallel(encoder_only(lm_state, "0.")), tmp_path / "encoder.pth")
+    assert load_script().main(["--weights", str(tmp_path / "encoder.pth"), "--vocab", str(fastai_dir / "itos.pkl"),
+                               "--task", "classification", "--num-labels", "3", "--lin-ftrs", "[7]",
+                               "--drop-mult", "0.3", "--out", str(tmp_path / "out")]) == 0
+    assert "head is new and untrained" in capsys.readouterr().out
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["classifier_hidden_sizes"] == [7] and len(config["id2label"]) == 3 and config["drop_mult"] == 0.3
+    assert "head is new and untrained" in (tmp_path / "out" / "README.md").read_text()
+    model = convert_fastai_checkpoint(load_fastai_state_dict(tmp_path / "encoder.pth"), "classification", num_labels=3)
+    with torch.no_grad():
+        hidden = model.model(cases["lm_x1"]).last_hidden_state
+    decoded = hidden @ lm_state["1.decoder.weight"].T + lm_state["1.decoder.bias"]
+    assert (decoded - cases["lm_y1"]).abs().max() <= TOL
+    blocks = model.classifier.blocks
+    assert [tuple(block.linear.weight.shape) for block in blocks] == [(50, 96), (3, 50)]
+    assert torch.equal(blocks[0].batch_norm.bias, torch.full((96,), 1e-3))  # fastai's BatchNorm init
+
+
+def test_dropout_flags_override_fastai_defaults(tmp_path, fastai_dir):
+    assert load_script().main(["--weights", str(fastai_dir / "lm_model.pth"), "--vocab", str(fastai_dir / "itos.pkl"),
+                               "--task", "lm", "--drop-mult", "0.3", "--output-p", "0.2",
+                               "--out", str(tmp_path / "lm")]) == 0
+    config = json.loads((tmp_path / "lm" / "config.json").read_text())
+    assert (config["drop_mult"], config["output_p"], config["dropout_task"]) == (0.3, 0.2, "causal_lm")
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing is executed: refused globals and whole pickled Learners
+# ----------------------------------------------------------------------------------------------
+
+
+class RunsACommand:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class CustomClass:
+    pass
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickled_call_is_refused_by_name_and_never_run(tmp_path, lm_state, zip_format):
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": lm_state, "opt": RunsACommand(marker)}, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError) as error:
+        load_fastai_state_dict(path)
+    assert f"{os.system.__module__}.system" in str(error.value) and "nothing was executed" in str(error.value)
+    assert not marker.exists()
+
+
+def test_unknown_class_in_optimizer_state_is_refused_by_name(tmp_path, lm_state, fastcore_l):
+    path = tmp_path / "custom.pth"
+    torch.save({"model": lm_state, "opt": fastcore_l([CustomClass()])}, path)
+    with pytest.raises(CheckpointError, match=f"globals that are not tensors.*{CustomClass.__module__}.CustomClass"):
+        load_fastai_state_dict(path)
+
+
+def test_pickled_learner_is_refused_with_an_explanation(tmp_path, monkeypatch):
+    """`learn.export()` pickles the Learner itself (`fastai.text.learner.TextLearner`, verified)."""
+    for name in ("fastai", "fastai.text", "fastai.text.learner"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    TextLearner = type("TextLearner", (), {"__module__": "fastai.text.learner"})
+    sys.modules["fastai.text.learner"].TextLearner = TextLearner
+    torch.save(TextLearner(), tmp_path / "export.pkl")
+    with pytest.raises(CheckpointError) as error:
+        load_fastai_state_dict(tmp_path / "export.pkl")
+    message = str(error.value)
+    assert "whole pickled fastai Learner" in message and "load_learner" in message and "never does" in message
+
+
+# ----------------------------------------------------------------------------------------------
+# Malformed checkpoints: each error names what is wrong
+# ----------------------------------------------------------------------------------------------
+
+
+MALFORMED = {
+    "unknown key": ("lm", lambda lm, clas: {**lm, "0.extra.weight": torch.zeros(2)},
+                    "unexpected keys for a fastai AWD-LSTM lm checkpoint: ['0.extra.weight']"),
+    "layer shape": ("lm", lambda lm, clas: {**lm, "0.rnns.1.module.weight_ih_l0": torch.zeros(192, 40)},
+                    "0.rnns.1.module.weight_ih_l0 has shape (192, 40), expected (192, 48)"),
+    "decoder bias shape": ("lm", lambda lm, clas: {**lm, "1.decoder.bias": torch.zeros(199)},
+                           "1.decoder.bias has shape (199,), expected (200,)"),
+    "missing raw weight": ("lm", lambda lm, clas: {k: v for k, v in lm.items() if k != "0.rnns.0.weight_hh_l0_raw"},
+                           "missing key 0.rnns.0.weight_hh_l0_raw"),
+    "embedding copy differs": ("lm", lambda lm, clas: {**lm, "0.encoder_dp.emb.weight": torch.zeros(200, 32)},
+                               "0.encoder_dp.emb.weight differs from the embedding"),
+    "lm as classifier": ("classification", lambda lm, clas: lm, "no classifier head found: expected keys "
+                         "'1.layers.N.M.*' (fastai v2) or '1.layers.M.*' (v1); 1.decoder.weight is a language model's "
+                         "decoder: convert it with task 'lm'"),
+    "batch norm shape": ("classification", lambda lm, clas: {**clas, "1.layers.1.0.running_mean": torch.zeros(49)},
+                         "1.layers.1.0.running_mean has shape (49,), expected (50,)"),
+    "linear shape": ("classification", lambda lm, clas: {**clas, "1.layers.1.2.weight": torch.zeros(2, 49)},
+                     "1.layers.1.2.weight has shape (2, 49), expected (2, 50)"),
+    "linear without batch norm": ("classification", lambda lm, clas: {
+        k: v for k, v in clas.items() if not k.startswith("1.layers.1.0.")}, "1.layers.1.2.weight: a head Linear "
+        "without the BatchNorm1d"),
+    "v1 head bias": ("classification", lambda lm, clas: {**v1_layout(clas), "1.layers.6.bias": torch.ones(2)},
+                     "1.layers.6.bias: fastai v1's head Linear has a bias"),
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_malformed_checkpoints_name_the_key(name, lm_state, clas_state):
+    task, make, message = MALFORMED[name]
+    with pytest.raises(CheckpointError) as error:
+        convert_fastai_checkpoint(make(lm_state, clas_state), task)
+    assert message in str(error.value)
+
+
+def test_sizes_given_against_the_tensors_are_refused(clas_state):
+    with pytest.raises(CheckpointError, match=r"num_labels=3 was given, but the checkpoint's tensors say 2"):
+        convert_fastai_checkpoint(clas_state, "classification", num_labels=3)
+
+
+def test_file_without_a_state_dict_is_refused(tmp_path):
+    torch.save({"model": {"encoder.weight": "not a tensor"}}, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="does not hold a state_dict of tensors"):
+        load_fastai_state_dict(tmp_path / "odd.pth")
+
+
+# ----------------------------------------------------------------------------------------------
+# Vocabularies: itos pickle, JSON, text
+# ----------------------------------------------------------------------------------------------
+
+
+def test_vocab_forms_read_the_same_itos(tmp_path, fastai_dir, cases):
+    itos = read_itos_pickle(fastai_dir / "itos.pkl")
+    (tmp_path / "vocab.json").write_text(json.dumps(itos), encoding="utf-8")
+    (tmp_path / "vocab.txt").write_text("\n".join(itos) + "\n", encoding="utf-8")
+    for vocab in ("vocab.json", "vocab.txt"):
+        conversion = convert_fastai_files(fastai_dir / "lm_model.pth", tmp_path / vocab, "lm")
+        assert conversion.tokenizer.itos == itos
+        assert_lm_matches(conversion.model, cases)
+
+
+def test_text_vocab_splits_on_newlines_only(tmp_path, fastai_dir):
+    itos = read_itos_pickle(fastai_dir / "itos.pkl")
+    itos[-3:] = ["\x85▁", "a\u2028b", "tab\there"]  # str.splitlines would split the first two
+    (tmp_path / "vocab.txt").write_text("\n".join(itos), encoding="utf-8")
+    assert read_itos(tmp_path / "vocab.txt") == itos
+
+
+def test_text_vocab_with_line_break_tokens_is_refused(tmp_path, fixtures_dir):
+    itos = read_itos_pickle(fixtures_dir / "fastai_vocab" / "itos.pkl")  # holds '\n\n' and '\n\n▁'
+    (tmp_path / "vocab.txt").write_text("\n".join(itos) + "\n", encoding="utf-8")
+    first = next(index for index, token in enumerate(itos) if "\n" in token)
+    assert itos[first].startswith("\n")  # so its own line (first + 1) is the first empty one
+    with pytest.raises(ValueError, match=rf"line {first + 1} is empty.*tokens containing line breaks"):
+        read_itos(tmp_path / "vocab.txt")
+
+
+def test_pickled_vocab_with_any_global_is_refused(tmp_path):
+    path = tmp_path / "itos.pkl"
+    path.write_bytes(pickle.dumps(RunsACommand(tmp_path / "executed")))
+    with pytest.raises(ValueError, match=f"refusing to load the global '{os.system.__module__}.system'"):
+        read_itos(path)
+    assert not (tmp_path / "executed").exists()
