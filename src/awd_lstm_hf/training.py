@@ -278,6 +278,7 @@ def fit_one_cycle(
         per_device_eval_batch_size=batch_size,
         num_train_epochs=stage.epochs,
         weight_decay=weight_decay,
+        max_grad_norm=0.0,  # fastai v2 does not clip gradients; Trainer's default would clip at 1.0
         seed=seed,
         train_sampling_strategy=sampling,
         eval_strategy="epoch" if eval_dataset is not None else "no",
