@@ -2,6 +2,23 @@
 
     python scripts/benchmark.py --out runs/benchmark            # generation speed, cpu-preset sizes
     python scripts/benchmark.py --compare-fastai ../.venv-fastai/bin/python   # and side by side with fastai
+    python scripts/benchmark.py --model runs/cpu/classifier --lm runs/cpu/lm --dataset ../shared/data/imdb \
+        --out runs/cpu/benchmark --update-card                  # evaluation of trained model folders
+
+Evaluation (`--model` and/or `--lm`, offline with the metric modules of `awd_lstm_hf.metrics`):
+- `--model`: `evaluate.evaluator("text-classification")` on the IMDB test split (all 25,000 reviews, or a
+  label-stratified sample of `--test_docs` drawn with `--seed`: with train.py's seed and its
+  `clas_test_docs`, the very reviews of its test evaluation): accuracy, F1 of `pos`, and reviews/s and
+  tokens/s of the pipeline (tokenization included, `--batch_size` reviews per batch). Nothing is
+  truncated: the evaluator asks for truncation, and our tokenizer's `model_max_length` is unlimited. The
+  accuracy is the model's own in fp32; train.py's runs under its mixed precision (bf16 on some CPUs) and
+  can differ by a few reviews.
+- `--lm`: perplexity (`awd_lstm_hf.metrics` "perplexity": each review read from a zero state, corpus
+  perplexity over all predicted tokens) on the reviews train.py held out from the LM's training, rebuilt
+  from the folder's `training_settings.json` (its seed, `lm_docs`, `lm_valid_pct`); for a folder without
+  one (e.g. a converted checkpoint), on the classification test reviews above, which the LM may have
+  seen. `--heldout_docs N` takes the first N. Plus reviews/s and tokens/s.
+- `--update-card` writes each folder's results into its model card (table and `model-index`).
 
 Generation: tokens/s of `model.generate` (sampling, temperature 0.75, as fastai's `predict`) at 40 and
 400 new tokens, batch 1 and 16, on a model of the `cpu` preset's sizes with random weights (speed does
@@ -23,10 +40,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import evaluate
 import torch
-from transformers import pipeline
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMTokenizer
+from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMTokenizer, metrics
+from awd_lstm_hf.data import IMDB_HUB_ID, classification_splits, lm_corpus, load_imdb, tokenize_corpus
+from awd_lstm_hf.export import TRAINING_SETTINGS, record_benchmark
 from awd_lstm_hf.tokenization_awd_lstm import SPECIAL_TOKENS
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
@@ -138,11 +158,95 @@ def generation_vs_fastai(python: str, preset: str, vocab_size: int, rounds: int)
     return rows
 
 
+def test_reviews(imdb, test_docs: int | None, seed: int):
+    """The IMDB test split, or train.py's label-stratified sample of `test_docs` reviews for `seed`."""
+    reviews = classification_splits(imdb, test_docs=test_docs, seed=seed)["test"]
+    sample = f"label-stratified sample, seed {seed}" if test_docs else "the whole split"
+    return reviews, f"IMDB test: {len(reviews)} reviews ({sample})"
+
+
+def heldout_reviews(lm_dir: Path, imdb, fallback, heldout_docs: int | None):
+    """The reviews train.py held out from the LM's training (from the folder's training settings), else
+    `fallback` = (reviews, description); the first `heldout_docs` of them. Returns reviews, split, description."""
+    settings_file = lm_dir / TRAINING_SETTINGS
+    if settings_file.is_file():
+        training = json.loads(settings_file.read_text())
+        s = training["settings"]
+        reviews = lm_corpus(imdb, max_docs=s["lm_docs"], valid_pct=s["lm_valid_pct"], seed=training["seed"])[1]
+        split, about = "validation", (f"train.py's held-out LM reviews ({s['lm_valid_pct']:.0%} of "
+                                      f"{s['lm_docs'] or 'all'} reviews, seed {training['seed']})")
+    else:
+        (reviews, about), split = fallback, "test"
+        about += "; the LM's training data is unknown"
+    if heldout_docs is not None and heldout_docs < len(reviews):
+        reviews, about = reviews.select(range(heldout_docs)), f"first {heldout_docs} of {about}"
+    return reviews, split, about
+
+
+def classification_benchmark(model_dir: Path, reviews, about: str, batch_size: int, num_proc: int) -> dict:
+    """`evaluate`'s text-classification evaluator with our accuracy and F1; throughput from its timing."""
+    evaluator = evaluate.evaluator("text-classification")
+    evaluator.PIPELINE_KWARGS = {**evaluator.PIPELINE_KWARGS, "batch_size": batch_size}  # truncation=True stays
+    dataset_labels = reviews.features["label"].names
+    model_labels = AutoConfig.from_pretrained(model_dir).id2label.values()
+    results = evaluator.compute(
+        model_or_pipeline=str(model_dir), data=reviews,
+        metric=evaluate.combine([metrics.load("accuracy"), metrics.load("f1")]),
+        label_mapping={label: dataset_labels.index(label) for label in model_labels},
+    )
+    tokens = sum(len(tokens) for tokens in tokenize_corpus(reviews, num_proc=num_proc)["tokens"])
+    return {
+        "benchmark": "text-classification", "model": str(model_dir), "data": about,
+        "accuracy": round(results["accuracy"], 4), "f1": round(results["f1"], 4),
+        "docs_per_s": round(results["samples_per_second"], 1),
+        "tokens_per_s": round(tokens / results["total_time_in_seconds"], 1), "batch_size": batch_size,
+    }
+
+
+def perplexity_benchmark(lm_dir: Path, reviews, about: str, batch_size: int) -> dict:
+    """Perplexity of the language model on `reviews`; throughput includes tokenization."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(lm_dir).to(device), AutoTokenizer.from_pretrained(lm_dir)
+    started = time.perf_counter()
+    results = metrics.load("perplexity").compute(predictions=reviews["text"], model=model, tokenizer=tokenizer,
+                                                 batch_size=batch_size)
+    seconds = time.perf_counter() - started
+    return {
+        "benchmark": "lm-perplexity", "model": str(lm_dir), "data": about,
+        "perplexity": round(results["perplexity"], 2), "mean_perplexity": round(results["mean_perplexity"], 2),
+        "predicted_tokens": results["predicted_tokens"], "docs_per_s": round(len(reviews) / seconds, 1),
+        "tokens_per_s": round((results["predicted_tokens"] + len(reviews)) / seconds, 1), "batch_size": batch_size,
+    }
+
+
+def evaluation_benchmark(args) -> list[dict]:
+    imdb = load_imdb(args.dataset)
+    reviews, about = test_reviews(imdb, args.test_docs, args.seed)
+    rows = []
+    if args.model:
+        rows.append(classification_benchmark(args.model, reviews, about, args.batch_size, args.num_proc))
+        if args.update_card:
+            record_benchmark(args.model, {key: rows[-1][key] for key in ("accuracy", "f1")}, dataset=IMDB_HUB_ID,
+                             split="test", table=card_table(rows[-1]))
+    if args.lm:
+        heldout, split, heldout_about = heldout_reviews(args.lm, imdb, (reviews, about), args.heldout_docs)
+        rows.append(perplexity_benchmark(args.lm, heldout, heldout_about, args.batch_size))
+        if args.update_card:
+            record_benchmark(args.lm, {"perplexity": rows[-1]["perplexity"]}, dataset=IMDB_HUB_ID, split=split,
+                             table=card_table(rows[-1]))
+    return rows
+
+
 def markdown_table(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def card_table(row: dict) -> str:
+    """A result row for the model card of its folder: the card is the folder's, so no local path in it."""
+    return markdown_table([{key: value for key, value in row.items() if key != "model"}])
 
 
 def main(argv=None):
@@ -153,8 +257,21 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compare-fastai", metavar="PYTHON", help="a fastai 2.8.12 venv's interpreter")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds against fastai")
+    evaluation = parser.add_argument_group("evaluation of model folders (instead of generation speed)")
+    evaluation.add_argument("--model", type=Path, help="a classifier folder: accuracy, F1, throughput on IMDB test")
+    evaluation.add_argument("--lm", type=Path, help="a language-model folder: perplexity on held-out reviews")
+    evaluation.add_argument("--dataset", default=IMDB_HUB_ID, help="IMDB: Hub id or a local copy")
+    evaluation.add_argument("--test_docs", type=int, help="a sample of this many test reviews (default: all)")
+    evaluation.add_argument("--heldout_docs", type=int, help="perplexity on the first N held-out reviews (default: all)")
+    evaluation.add_argument("--seed", type=int, default=42, help="of the test sample (train.py's default seed)")
+    evaluation.add_argument("--batch_size", type=int, default=16)
+    evaluation.add_argument("--num_proc", type=int, help="processes for counting tokens")
+    evaluation.add_argument("--update-card", action="store_true", help="write the results into the folders' model cards")
     args = parser.parse_args(argv)
-    rows = generation_benchmark(args.preset, args.vocab_size, args.repeats)
+    if args.model or args.lm:
+        rows = evaluation_benchmark(args)
+    else:
+        rows = generation_benchmark(args.preset, args.vocab_size, args.repeats)
     if args.compare_fastai:
         rows += generation_vs_fastai(args.compare_fastai, args.preset, args.vocab_size, args.rounds)
     args.out.mkdir(parents=True, exist_ok=True)
