@@ -288,8 +288,7 @@ def fit_one_cycle(
         dataloader_drop_last=sampling == "sequential",
         remove_unused_columns=False,
         prediction_loss_only=compute_metrics is None,
-        **mixed_precision(),
-        **argument_overrides,
+        **(mixed_precision() | argument_overrides),  # an override wins, e.g. bf16=False for fp32
     )
     trainer = trainer_class(
         model=model,
