@@ -35,6 +35,7 @@ process), and reports medians and ratios. fastai's "words" are tokens: both side
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -158,7 +159,7 @@ def generation_vs_fastai(python: str, preset: str, vocab_size: int, rounds: int)
     return rows
 
 
-def test_reviews(imdb, test_docs: int | None, seed: int):
+def imdb_test_reviews(imdb, test_docs: int | None, seed: int):
     """The IMDB test split, or train.py's label-stratified sample of `test_docs` reviews for `seed`."""
     reviews = classification_splits(imdb, test_docs=test_docs, seed=seed)["test"]
     sample = f"label-stratified sample, seed {seed}" if test_docs else "the whole split"
@@ -221,7 +222,7 @@ def perplexity_benchmark(lm_dir: Path, reviews, about: str, batch_size: int) -> 
 
 def evaluation_benchmark(args) -> list[dict]:
     imdb = load_imdb(args.dataset)
-    reviews, about = test_reviews(imdb, args.test_docs, args.seed)
+    reviews, about = imdb_test_reviews(imdb, args.test_docs, args.seed)
     rows = []
     if args.model:
         rows.append(classification_benchmark(args.model, reviews, about, args.batch_size, args.num_proc))
@@ -265,7 +266,7 @@ def main(argv=None):
     evaluation.add_argument("--heldout_docs", type=int, help="perplexity on the first N held-out reviews (default: all)")
     evaluation.add_argument("--seed", type=int, default=42, help="of the test sample (train.py's default seed)")
     evaluation.add_argument("--batch_size", type=int, default=16)
-    evaluation.add_argument("--num_proc", type=int, help="processes for counting tokens")
+    evaluation.add_argument("--num_proc", type=int, default=os.cpu_count(), help="processes for counting tokens")
     evaluation.add_argument("--update-card", action="store_true", help="write the results into the folders' model cards")
     args = parser.parse_args(argv)
     if args.model or args.lm:
