@@ -3,16 +3,20 @@ texts, stage 2 the classifier from the stage-1 encoder (gradual unfreezing).
 
     python scripts/train.py --preset smoke --dataset ../shared/data/imdb --output_dir runs/smoke
     accelerate launch scripts/train.py --preset cpu --output_dir runs/cpu
+    torchrun --nproc_per_node 2 scripts/train.py --preset smoke --output_dir runs/smoke2  # 2 CPU processes
 
 Presets are the JSON files in `configs/`; every key can be overridden by the flag of the same name.
 Writes OUTPUT_DIR/lm and OUTPUT_DIR/classifier (complete model folders) and OUTPUT_DIR/metrics.json;
 `--push_to_hub --hub_model_id ID` uploads the folders to the Hub repositories ID-lm and ID-classifier.
+Each finished stage is recorded in OUTPUT_DIR/checkpoints; with `--save_steps N` a stage also writes a
+checkpoint every N steps, and `--resume_from_checkpoint` continues a killed run where it stopped.
 """
 
 import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,6 +24,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from datasets import concatenate_datasets
+from transformers import Trainer, TrainingArguments
 
 import awd_lstm_hf  # noqa: F401  (registers the Auto classes)
 from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMForSequenceClassification
@@ -69,6 +74,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--push_to_hub", action="store_true", help="upload both folders (token: HF_TOKEN or login)")
     parser.add_argument("--hub_model_id", help="Hub repositories HUB_MODEL_ID-lm and HUB_MODEL_ID-classifier")
     parser.add_argument("--hub_private", action="store_true", default=None, help="create the repositories private")
+    parser.add_argument("--save_steps", type=int, default=None,
+                        help="write a checkpoint every SAVE_STEPS optimizer steps of each stage (default: none)")
+    parser.add_argument("--resume_from_checkpoint", action="store_true",
+                        help="continue an interrupted run in the same --output_dir: finished stages are read back, "
+                             "the interrupted one resumes from its last checkpoint (else starts over)")
     settings = parser.add_argument_group(f"preset {preset_name!r} (configs/{preset_name}.json); values are JSON")
     for key, value in preset.items():
         if key != "description":
@@ -94,6 +104,46 @@ def with_lengths(dataset, sort: bool):
     return dataset.sort("length", reverse=True) if sort else dataset
 
 
+def last_complete_checkpoint(stage_dir: Path) -> str | None:
+    """The newest checkpoint that Trainer finished writing (trainer_state.json comes last): a run killed
+    while saving leaves an incomplete one."""
+    complete = [path for path in stage_dir.glob("checkpoint-*") if (path / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
+
+
+def finished_weights(stage_dir: Path) -> Path:
+    return stage_dir / "finished" / "weights.pt"
+
+
+def run_stage(args, state, stage_dir: Path, evaluation_key: str, model, stage, *datasets, **fit_arguments) -> list[dict]:
+    """One `fit_one_cycle`, recorded when done in STAGE_DIR/finished (weights, evaluations): with
+    --resume_from_checkpoint a finished stage is read back instead of trained again, and an interrupted one
+    continues from its last checkpoint. Returns the stage's evaluations (one per epoch)."""
+    finished = finished_weights(stage_dir).parent
+    if args.resume_from_checkpoint and finished.is_dir():
+        model.load_state_dict(torch.load(finished_weights(stage_dir), map_location=model.device, weights_only=True))
+        logger.info("%s: finished by an earlier run, read back", stage_dir.name)
+        return json.loads((finished / "evaluations.json").read_text())
+    checkpoint = last_complete_checkpoint(stage_dir) if args.resume_from_checkpoint else None
+    if checkpoint:
+        logger.info("%s: resuming from %s", stage_dir.name, checkpoint)
+    saving = {"save_strategy": "steps", "save_steps": args.save_steps, "save_total_limit": 2} if args.save_steps else {}
+    trainer, _ = fit_one_cycle(model, stage, *datasets, output_dir=str(stage_dir), seed=args.seed,
+                               resume_from_checkpoint=checkpoint, **saving, **fit_arguments)
+    evaluations = last_evaluations(trainer, evaluation_key)
+    if state.is_main_process:  # written aside, then renamed: a killed run leaves the record whole or absent
+        writing = finished.with_name("finished.writing")
+        shutil.rmtree(writing, ignore_errors=True)
+        writing.mkdir(parents=True)
+        torch.save(model.state_dict(), writing / finished_weights(stage_dir).name)
+        (writing / "evaluations.json").write_text(json.dumps(evaluations))
+        writing.rename(finished)
+        for old in stage_dir.glob("checkpoint-*"):  # the record supersedes them
+            shutil.rmtree(old)
+    state.wait_for_everyone()
+    return evaluations
+
+
 def train_language_model(args, s, state, lm_texts, tokenizer, work_dir):
     lm_train, lm_valid = (prepare_text(d, args.num_proc, tokenizer) for d in lm_texts)
     config = AWDLSTMConfig(
@@ -115,12 +165,11 @@ def train_language_model(args, s, state, lm_texts, tokenizer, work_dir):
                 f"{model.num_parameters():,}")
     history = []
     for index, stage in enumerate(Stage(**stage) for stage in s["lm_stages"]):
-        trainer, _ = fit_one_cycle(
-            model, stage, train_stream, valid_stream, trainer_class=LMTrainer, sampling="sequential",
-            output_dir=str(work_dir / f"lm_stage{index}"), batch_size=s["lm_batch_size"],
-            weight_decay=s["lm_weight_decay"], seed=args.seed,
+        history += run_stage(
+            args, state, work_dir / f"lm_stage{index}", "eval_perplexity", model, stage, train_stream, valid_stream,
+            trainer_class=LMTrainer, sampling="sequential", batch_size=s["lm_batch_size"],
+            weight_decay=s["lm_weight_decay"],
         )
-        history += last_evaluations(trainer, "eval_perplexity")
     final = history[-1]  # validated at the end of every epoch
     return model, {key: final[f"eval_{key}"] for key in ("loss", "accuracy", "perplexity")}, history
 
@@ -134,7 +183,7 @@ def last_evaluations(trainer, key: str) -> list[dict]:
     return [entry for entry in merged.values() if key in entry]
 
 
-def train_classifier(args, s, lm_dir, splits, tokenizer, work_dir):
+def train_classifier(args, s, state, lm_dir, splits, tokenizer, work_dir):
     config = AWDLSTMConfig.from_pretrained(lm_dir).with_task_dropouts("classification")
     config.drop_mult = s["clas_drop_mult"]
     model = AWDLSTMForSequenceClassification.from_pretrained(lm_dir, config=config)
@@ -145,37 +194,60 @@ def train_classifier(args, s, lm_dir, splits, tokenizer, work_dir):
     collator = ClassificationCollator(pad_token_id=tokenizer.pad_token_id)
     best = {"accuracy": -1.0}
     for index, stage in enumerate(Stage(**stage) for stage in s["clas_stages"]):
-        trainer, _ = fit_one_cycle(
-            model, stage, data["train"], data.get("valid"), trainer_class=ClassifierTrainer,
-            sampling="group_by_length", output_dir=str(work_dir / f"clas_stage{index}"),
-            batch_size=s["clas_batch_size"], weight_decay=s["clas_weight_decay"], seed=args.seed,
+        evaluations = run_stage(
+            args, state, work_dir / f"clas_stage{index}", "eval_accuracy", model, stage, data["train"],
+            data.get("valid"), trainer_class=ClassifierTrainer, sampling="group_by_length",
+            batch_size=s["clas_batch_size"], weight_decay=s["clas_weight_decay"],
             data_collator=collator, compute_metrics=classification_accuracy,
         )
         if "valid" in data:  # keep the stage whose model does best on validation (never on test)
-            accuracy = last_evaluations(trainer, "eval_accuracy")[-1]["eval_accuracy"]
+            accuracy = evaluations[-1]["eval_accuracy"]
             logger.info("classifier stage %d: valid accuracy %.4f", index, accuracy)
             if accuracy > best["accuracy"]:
-                best = {"accuracy": accuracy, "stage": index,
-                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-    if "state" in best:
-        model.load_state_dict(best.pop("state"))
+                best = {"accuracy": accuracy, "stage": index}
+    if "stage" in best:
+        weights = finished_weights(work_dir / f"clas_stage{best['stage']}")
+        model.load_state_dict(torch.load(weights, map_location=model.device, weights_only=True))
         logger.info("classifier: keeping stage %d (valid accuracy %.4f)", best["stage"], best["accuracy"])
-    test_metrics = trainer.evaluate(data["test"], metric_key_prefix="test")
+    test_metrics = evaluator(model, s, work_dir, collator).evaluate(data["test"], metric_key_prefix="test")
     metrics = {"test_accuracy": test_metrics["test_accuracy"], "test_documents": len(data["test"])}
     if "valid" in data:
         metrics |= {"valid_accuracy": best["accuracy"], "chosen_stage": best["stage"]}
     return model, metrics
 
 
+def evaluator(model, s, work_dir, collator) -> Trainer:
+    """A Trainer that only evaluates the classifier (its stages may have been trained by an earlier run)."""
+    arguments = TrainingArguments(output_dir=str(work_dir / "evaluation"), per_device_eval_batch_size=s["clas_batch_size"],
+                                  report_to="none", remove_unused_columns=False, **mixed_precision())
+    return Trainer(model=model, args=arguments, data_collator=collator, compute_metrics=classification_accuracy)
+
+
+def start_work_dir(args, state, work_dir: Path, training_settings: dict) -> None:
+    """A new run starts from an empty work dir; a resumed one must have the settings of the run it continues."""
+    settings_file = work_dir / "training_settings.json"
+    if args.resume_from_checkpoint and settings_file.is_file():
+        if json.loads(settings_file.read_text()) != training_settings:
+            raise SystemExit(f"--resume_from_checkpoint: {settings_file} records other settings than this run's")
+    elif state.is_main_process:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True)
+        settings_file.write_text(json.dumps(training_settings, indent=2))
+    state.wait_for_everyone()
+
+
 def main(argv=None):
     args = parse_args(argv)
     s = args.settings
-    state = PartialState()
+    state = PartialState(cpu="use_cpu" in mixed_precision())  # without cpu=True, torchrun on CPUs runs N single processes
     logging.basicConfig(level=logging.INFO if state.is_main_process else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     output_dir, started = Path(args.output_dir), time.time()
     work_dir = output_dir / "checkpoints"
     logger.info("preset %s on %d process(es); precision: %s", args.preset, state.num_processes, describe_precision(mixed_precision()))
+    if state.num_processes == 1 and os.environ.get("ACCELERATE_USE_CPU") == "True" and "MASTER_PORT" in os.environ:
+        logger.warning("`accelerate launch --cpu --num_processes N` starts one process on one machine (Accelerate runs "
+                       "several CPU processes only through MPI); `torchrun --nproc_per_node N` runs N on CPUs")
 
     with state.main_process_first():  # tokenize once, the other processes read the datasets cache
         imdb = load_imdb(args.dataset)
@@ -194,6 +266,7 @@ def main(argv=None):
                  for task in ("lm", "classifier")}
     training_settings = {"script": "scripts/train.py", "preset": args.preset, "dataset": args.dataset,
                          "seed": args.seed, "settings": s}
+    start_work_dir(args, state, work_dir, training_settings)
 
     lm_started = time.time()
     lm, lm_metrics, lm_history = train_language_model(args, s, state, lm_texts, tokenizer, work_dir)
@@ -210,7 +283,7 @@ def main(argv=None):
     state.wait_for_everyone()
 
     clas_started = time.time()
-    classifier, clas_metrics = train_classifier(args, s, output_dir / "lm", splits, tokenizer, work_dir)
+    classifier, clas_metrics = train_classifier(args, s, state, output_dir / "lm", splits, tokenizer, work_dir)
     clas_seconds = time.time() - clas_started
     logger.info("classifier: %s in %.0f s", clas_metrics, clas_seconds)
     if state.is_main_process:

@@ -7,13 +7,14 @@ Each fastai concept has one home here:
 - `OneCycleSchedule`: `fit_one_cycle` (cosine pieces, div 25, final div 1e5, beta1 cycled 0.8/0.7/0.8);
 - `activation_regularization`: AR/TAR (`RNNRegularizer`, alpha 2, beta 1), training only;
 - `LMTrainer`: stateful BPTT, the hidden state carried from batch to batch (fastai's `ModelResetter`
-  resets it per epoch and per validation);
+  resets it per epoch and per validation), kept in checkpoints so that a resumed run continues exactly;
 - `fit_one_cycle`: one call = one `Trainer.train()` with its own schedule, after `freeze_to`, like
   fastai's `learn.freeze_to(n); learn.fit_one_cycle(...)`.
 """
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,8 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .modeling_awd_lstm import AWDLSTMForCausalLM, AWDLSTMForSequenceClassification
+from .data import LMStreamDataset
+from .modeling_awd_lstm import AWDLSTMCache, AWDLSTMForCausalLM, AWDLSTMForSequenceClassification
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +154,22 @@ class Stage:
     pct_start: float = 0.25
 
 
+class _SaveAfterEpochEvaluation(TrainerCallback):
+    """Trainer writes a checkpoint due at the last step of an epoch before that epoch's evaluation, so a
+    run resumed from it would never log the evaluation: write it after."""
+
+    def __init__(self):
+        self.deferred = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save and args.eval_strategy == "epoch" and state.epoch.is_integer():
+            control.should_save, self.deferred = False, True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.deferred:
+            control.should_save, self.deferred = True, False
+
+
 class ULMFiTTrainer(Trainer):
     """A Trainer running one `Stage`: fastai's optimizer over the layer groups with the stage's
     (discriminative) max lrs, and the one-cycle schedule."""
@@ -159,6 +177,7 @@ class ULMFiTTrainer(Trainer):
     def __init__(self, *args, stage: Stage, **kwargs):
         self.stage = stage
         super().__init__(*args, **kwargs)
+        self.add_callback(_SaveAfterEpochEvaluation())
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -170,6 +189,12 @@ class ULMFiTTrainer(Trainer):
         if self.lr_scheduler is None:
             self.lr_scheduler = OneCycleSchedule(optimizer or self.optimizer, num_training_steps, pct_start=self.stage.pct_start)
         return self.lr_scheduler
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Evaluation in the middle of training leaves training as it was: its DataLoader would otherwise draw
+        a seed from the global CPU generator and shift every later dropout mask."""
+        with torch.random.fork_rng(devices=[]):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
 
 class _ResetLMState(TrainerCallback):
@@ -183,13 +208,51 @@ class _ResetLMState(TrainerCallback):
 class LMTrainer(ULMFiTTrainer):
     """Stateful BPTT: batches are consecutive windows of the same rows (see `data.LMStreamDataset`), so the
     state after batch k is the starting state of batch k+1, detached. Evaluation starts from zeros, and
-    reports token accuracy and perplexity without gathering vocabulary-sized logits."""
+    reports token accuracy and perplexity without gathering vocabulary-sized logits.
+
+    With gradient accumulation the micro-batches are consecutive windows too, and the step's gradient is
+    the mean of their (per-window mean) losses' gradients, as fastai's `GradientAccumulation`. Checkpoints
+    hold each process's carried state, so `train(resume_from_checkpoint=...)` continues exactly."""
+
+    # compute_loss returns a per-micro-batch mean: Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        for dataset, per_device in ((self.train_dataset, self.args.per_device_train_batch_size),
+                                    (self.eval_dataset, self.args.per_device_eval_batch_size)):
+            rows = per_device * self.args.world_size
+            if isinstance(dataset, LMStreamDataset) and dataset.rows != rows:
+                raise ValueError(f"the LM stream has {dataset.rows} rows, but a batch of all processes has {rows} "
+                                 f"({per_device} per device x {self.args.world_size} processes): build the stream "
+                                 "with rows = per-device batch size x processes (not x accumulation steps)")
         self.lm_state = {"train": None, "eval": None}
         self._eval_counts = None
         self.add_callback(_ResetLMState(self))
+
+    def _lm_state_file(self, checkpoint: str) -> str:
+        return os.path.join(checkpoint, f"lm_state_{self.args.process_index}.pt")
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Beside each process's RNG state, the state its rows carry into the next batch (none after the
+        last batch of an epoch: the next epoch starts from zeros)."""
+        super()._save_rng_state(output_dir)
+        carried = self.lm_state["train"]
+        saved = None if carried is None or self.state.epoch.is_integer() else {
+            "states": carried.states, "seen_tokens": carried.seen_tokens}
+        torch.save(saved, self._lm_state_file(output_dir))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        """Trainer calls this where a resumed run starts again: after skipping the batches already trained."""
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None or self.args.ignore_data_skip:
+            return
+        path = self._lm_state_file(checkpoint)
+        if not os.path.isfile(path):
+            raise ValueError(f"{checkpoint} has no carried LM state for process {self.args.process_index} ({path}): "
+                             "resume with the number of processes that wrote it")
+        saved = torch.load(path, map_location=self.args.device, weights_only=True)
+        self.lm_state["train"] = None if saved is None else AWDLSTMCache(**saved)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
@@ -265,14 +328,17 @@ def fit_one_cycle(
     data_collator=None,
     compute_metrics=None,
     sampling: str = "random",
+    resume_from_checkpoint: str | None = None,
     **argument_overrides,
 ) -> tuple[Trainer, dict]:
     """fastai `freeze_to(-train_last); fit_one_cycle(epochs, lr)` as one `Trainer.train()`: a fresh
     optimizer (fastai clears its state at every freeze change) and a fresh one-cycle schedule. Freezing
-    happens before the Trainer wraps the model, so DDP sees a fixed set of trainable parameters."""
+    happens before the Trainer wraps the model, so DDP sees a fixed set of trainable parameters.
+    `argument_overrides` replace any of the TrainingArguments below (e.g. `save_strategy`);
+    `resume_from_checkpoint` continues an interrupted call from one of its checkpoints."""
     freeze_to(model, stage.train_last)
     use_cache = model.config.use_cache
-    arguments = TrainingArguments(
+    arguments = dict(
         output_dir=output_dir,
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size,
@@ -288,18 +354,18 @@ def fit_one_cycle(
         dataloader_drop_last=sampling == "sequential",
         remove_unused_columns=False,
         prediction_loss_only=compute_metrics is None,
-        **(mixed_precision() | argument_overrides),  # an override wins, e.g. bf16=False for fp32
+        **mixed_precision(),
     )
     trainer = trainer_class(
         model=model,
-        args=arguments,
+        args=TrainingArguments(**(arguments | argument_overrides)),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=data_collator,
         compute_metrics=compute_metrics,
         stage=stage,
     )
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     model.config.use_cache = use_cache  # Trainer sets it to its own (False) value, which would be saved
     freeze_to(model, None)
     return trainer, result.metrics
