@@ -186,6 +186,7 @@ def last_evaluations(trainer, key: str) -> list[dict]:
 def train_classifier(args, s, state, lm_dir, splits, tokenizer, work_dir):
     config = AWDLSTMConfig.from_pretrained(lm_dir).with_task_dropouts("classification")
     config.drop_mult = s["clas_drop_mult"]
+    torch.manual_seed(args.seed)  # the new head's weights: the same whether the LM was trained or read back
     model = AWDLSTMForSequenceClassification.from_pretrained(lm_dir, config=config)
     data = {
         name: with_lengths(prepare_text(split, args.num_proc, tokenizer), sort=name != "train")
