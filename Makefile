@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 .PHONY: install demo test
 
 # torch first and pinned: an unpinned resolve pulls a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0

@@ -13,6 +13,8 @@ from transformers import pipeline, set_seed
 import awd_lstm_hf  # noqa: F401  (registers the Auto classes)
 
 PROMPTS = ["I liked this movie", "I hate this movie"]
+# fastai's `learn.predict(prompt, 40, temperature=0.75)`
+GENERATION = dict(max_new_tokens=40, min_new_tokens=40, do_sample=True, temperature=0.75, top_k=0)
 SENTENCES = [
     "this film shows incredibly bad writing and is a complete disaster",
     "this film shows incredible talent and is a complete triumph",
@@ -28,8 +30,9 @@ def main(argv=None):
     generator = pipeline("text-generation", model=str(args.output_dir / "lm"))
     for prompt in PROMPTS:
         set_seed(args.seed)
-        # The saved generation config suppresses xxunk (fastai's no_unk=True).
-        text = generator(prompt, max_new_tokens=40, do_sample=True, temperature=0.75, top_k=0)[0]["generated_text"]
+        # The saved generation config suppresses xxunk (fastai's no_unk=True); like fastai's predict, exactly
+        # 40 tokens come out (never cut short by an end-of-sequence token).
+        text = generator(prompt, **GENERATION)[0]["generated_text"]
         print(f"\n[generate] {text}")
 
     classifier = pipeline("text-classification", model=str(args.output_dir / "classifier"))

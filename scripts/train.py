@@ -115,33 +115,33 @@ def finished_weights(stage_dir: Path) -> Path:
     return stage_dir / "finished" / "weights.pt"
 
 
-def run_stage(args, state, stage_dir: Path, evaluation_key: str, model, stage, *datasets, **fit_arguments) -> list[dict]:
-    """One `fit_one_cycle`, recorded when done in STAGE_DIR/finished (weights, evaluations): with
-    --resume_from_checkpoint a finished stage is read back instead of trained again, and an interrupted one
-    continues from its last checkpoint. Returns the stage's evaluations (one per epoch)."""
+def run_stage(args, state, stage_dir: Path, evaluation_key: str, model, stage, *datasets, **fit_arguments) -> dict:
+    """One `fit_one_cycle`, recorded when done in STAGE_DIR/finished (weights, optimizer steps, evaluations):
+    with --resume_from_checkpoint a finished stage is read back instead of trained again, and an interrupted
+    one continues from its last checkpoint. Returns the record: `steps` and `evaluations` (one per epoch)."""
     finished = finished_weights(stage_dir).parent
     if args.resume_from_checkpoint and finished.is_dir():
         model.load_state_dict(torch.load(finished_weights(stage_dir), map_location=model.device, weights_only=True))
         logger.info("%s: finished by an earlier run, read back", stage_dir.name)
-        return json.loads((finished / "evaluations.json").read_text())
+        return json.loads((finished / "record.json").read_text())
     checkpoint = last_complete_checkpoint(stage_dir) if args.resume_from_checkpoint else None
     if checkpoint:
         logger.info("%s: resuming from %s", stage_dir.name, checkpoint)
     saving = {"save_strategy": "steps", "save_steps": args.save_steps, "save_total_limit": 2} if args.save_steps else {}
     trainer, _ = fit_one_cycle(model, stage, *datasets, output_dir=str(stage_dir), seed=args.seed,
                                resume_from_checkpoint=checkpoint, **saving, **fit_arguments)
-    evaluations = last_evaluations(trainer, evaluation_key)
+    record = {"steps": trainer.state.global_step, "evaluations": last_evaluations(trainer, evaluation_key)}
     if state.is_main_process:  # written aside, then renamed: a killed run leaves the record whole or absent
         writing = finished.with_name("finished.writing")
         shutil.rmtree(writing, ignore_errors=True)
         writing.mkdir(parents=True)
         torch.save(model.state_dict(), writing / finished_weights(stage_dir).name)
-        (writing / "evaluations.json").write_text(json.dumps(evaluations))
+        (writing / "record.json").write_text(json.dumps(record))
         writing.rename(finished)
         for old in stage_dir.glob("checkpoint-*"):  # the record supersedes them
             shutil.rmtree(old)
     state.wait_for_everyone()
-    return evaluations
+    return record
 
 
 def train_language_model(args, s, state, lm_texts, tokenizer, work_dir):
@@ -163,15 +163,18 @@ def train_language_model(args, s, state, lm_texts, tokenizer, work_dir):
     logger.info("LM: %d train tokens, %d valid tokens, %d rows of %d tokens, vocab %d, %s parameters",
                 train_stream.n_tokens, valid_stream.n_tokens, rows, train_stream.row_len, len(tokenizer),
                 f"{model.num_parameters():,}")
-    history = []
+    history, steps = [], []
     for index, stage in enumerate(Stage(**stage) for stage in s["lm_stages"]):
-        history += run_stage(
+        record = run_stage(
             args, state, work_dir / f"lm_stage{index}", "eval_perplexity", model, stage, train_stream, valid_stream,
             trainer_class=LMTrainer, sampling="sequential", batch_size=s["lm_batch_size"],
             weight_decay=s["lm_weight_decay"],
         )
+        history += record["evaluations"]
+        steps.append(record["steps"])
     final = history[-1]  # validated at the end of every epoch
-    return model, {key: final[f"eval_{key}"] for key in ("loss", "accuracy", "perplexity")}, history
+    metrics = {key: final[f"eval_{key}"] for key in ("loss", "accuracy", "perplexity")} | {"stage_steps": steps}
+    return model, metrics, history
 
 
 def last_evaluations(trainer, key: str) -> list[dict]:
@@ -193,16 +196,17 @@ def train_classifier(args, s, state, lm_dir, splits, tokenizer, work_dir):
         for name, split in splits.items() if split is not None
     }
     collator = ClassificationCollator(pad_token_id=tokenizer.pad_token_id)
-    best = {"accuracy": -1.0}
+    best, steps = {"accuracy": -1.0}, []
     for index, stage in enumerate(Stage(**stage) for stage in s["clas_stages"]):
-        evaluations = run_stage(
+        record = run_stage(
             args, state, work_dir / f"clas_stage{index}", "eval_accuracy", model, stage, data["train"],
             data.get("valid"), trainer_class=ClassifierTrainer, sampling="group_by_length",
             batch_size=s["clas_batch_size"], weight_decay=s["clas_weight_decay"],
             data_collator=collator, compute_metrics=classification_accuracy,
         )
+        steps.append(record["steps"])
         if "valid" in data:  # keep the stage whose model does best on validation (never on test)
-            accuracy = evaluations[-1]["eval_accuracy"]
+            accuracy = record["evaluations"][-1]["eval_accuracy"]
             logger.info("classifier stage %d: valid accuracy %.4f", index, accuracy)
             if accuracy > best["accuracy"]:
                 best = {"accuracy": accuracy, "stage": index}
@@ -211,7 +215,7 @@ def train_classifier(args, s, state, lm_dir, splits, tokenizer, work_dir):
         model.load_state_dict(torch.load(weights, map_location=model.device, weights_only=True))
         logger.info("classifier: keeping stage %d (valid accuracy %.4f)", best["stage"], best["accuracy"])
     test_metrics = evaluator(model, s, work_dir, collator).evaluate(data["test"], metric_key_prefix="test")
-    metrics = {"test_accuracy": test_metrics["test_accuracy"], "test_documents": len(data["test"])}
+    metrics = {"test_accuracy": test_metrics["test_accuracy"], "test_documents": len(data["test"]), "stage_steps": steps}
     if "valid" in data:
         metrics |= {"valid_accuracy": best["accuracy"], "chosen_stage": best["stage"]}
     return model, metrics

@@ -131,6 +131,20 @@ def test_no_state_leaks_between_calls():
     assert torch.equal(model(ids).logits, first)
 
 
+@pytest.mark.parametrize("max_len", [None, 4, 12])
+def test_inference_windows_equal_one_pass_for_any_max_len(max_len):
+    """Inference without gradients reads long inputs window by window (max_len, or bptt when max_len is
+    None): the logits and the final state equal one pass over the whole input."""
+    model = AWDLSTMForCausalLM(tiny_config(max_len=max_len)).eval()
+    ids, mask = pad_rows([list(range(9, 46)), list(range(20, 40))], "left")
+    whole = model(ids, attention_mask=mask)  # gradients enabled: a single window
+    with torch.no_grad():
+        windowed = model(ids, attention_mask=mask)
+    torch.testing.assert_close(windowed.logits, whole.logits.detach(), atol=TOL, rtol=0)
+    for (h1, c1), (h2, c2) in zip(windowed.cache.states, whole.cache.states):
+        torch.testing.assert_close((h1, c1), (h2.detach(), c2.detach()), atol=TOL, rtol=0)
+
+
 @torch.no_grad()
 def test_classifier_pools_fastai_window_of_long_documents():
     """fastai SentenceEncoder: chunks counted from the first token, a chunk starting at i pooled when

@@ -383,8 +383,9 @@ class AWDLSTMModel(AWDLSTMPreTrainedModel):
         alone says what is padding. The returned `cache` is a new object holding the state after the
         last real token of each row. `outputs_to_keep` > 0 returns only the last positions' outputs.
 
-        Inference without gradients reads long inputs `max_len` tokens at a time, carrying the state, so
-        its working memory is bounded by `max_len`, not by the input's length (a 100k-token prompt)."""
+        Inference without gradients reads long inputs `max_len` tokens at a time (`bptt` when `max_len` is
+        None), carrying the state, so its working memory is bounded by the window, not by the input's length
+        (a 100k-token prompt)."""
         attention_mask = check_inputs(self.config, input_ids, attention_mask, inputs_embeds)
         reference = input_ids if input_ids is not None else inputs_embeds
         batch, time = reference.shape[:2]
@@ -394,7 +395,7 @@ class AWDLSTMModel(AWDLSTMPreTrainedModel):
             raise ValueError(f"cache holds a state for {cache.batch_size} rows, the input has {batch}")
 
         streaming = not self.training and not torch.is_grad_enabled()
-        window = max(self.config.max_len, self.config.bptt) if streaming else max(time, 1)
+        window = max(self.config.max_len or 0, self.config.bptt) if streaming else max(time, 1)
         keep_from = time - outputs_to_keep if outputs_to_keep else 0
         states, kept = cache.states, []
         for start in range(0, time, window):
