@@ -1,6 +1,7 @@
 """`scripts/train.py --preset smoke` on the IMDB mirror, end to end, then the demo on its output."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,9 +46,8 @@ def test_smoke_preset_trains_both_stages_and_pipelines_load(imdb_path, tmp_path)
                             capture_output=True, text=True, timeout=600) for _ in range(2)]
     assert demos[0].returncode == 0, demos[0].stderr[-3000:]
     assert demos[0].stdout == demos[1].stdout  # fixed seed: the same samples every time
-    lines = demos[0].stdout.split()
     assert demos[0].stdout.count("[generate] I liked this movie") == 1 and "[generate] I hate this movie" in demos[0].stdout
-    probabilities = [float(word.split("=")[1].rstrip(",)")) for word in lines if word.startswith(("neg=", "pos="))]
+    probabilities = [float(p) for p in re.findall(r"\b(?:neg|pos)=([0-9.]+)", demos[0].stdout)]
     assert len(probabilities) == 4 and sum(probabilities) == pytest.approx(2, abs=2e-4)
 
     # the demo's sampling: exactly 40 new tokens, never xxunk (id 0), as fastai's predict
