@@ -156,6 +156,25 @@ def test_continuing_from_a_returned_cache_equals_one_longer_run():
     assert torch.equal(second, whole)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("mode", list(MODES) + ["beam_search_one_returned"])
+def test_returned_cache_belongs_to_the_returned_sequences(mode):
+    """Row i of a returned cache is the state after reading sequences[i] (but its last token), whatever the
+    decoding mode: beam search picks its hypotheses out of reordered beams, so its cache is rebuilt for them."""
+    settings = MODES.get(mode, dict(do_sample=False, num_beams=4))
+    model = small_lm(2, seed=11)
+    prompt, mask = torch.randint(9, VOCAB, (2, 5)), torch.ones(2, 5, dtype=torch.long)
+    mask[1, :2] = 0  # the second prompt is left-padded
+    torch.manual_seed(0)
+    out = model.generate(prompt, attention_mask=mask, max_new_tokens=9, return_dict_in_generate=True, **settings)
+    rows = out.sequences.shape[0]
+    full_mask = torch.cat([mask.repeat_interleave(rows // 2, 0), torch.ones(rows, 9, dtype=torch.long)], 1)
+    expected = model(out.sequences[:, :-1], attention_mask=full_mask[:, :-1]).cache
+    assert out.cache.batch_size == rows and out.cache.seen_tokens == out.sequences.shape[1] - 1
+    for (h, c), (h_ref, c_ref) in zip(out.cache.states, expected.states):
+        assert (h - h_ref).abs().max() <= TOL and (c - c_ref).abs().max() <= TOL
+
+
 # ---------------------------------------------------------------- fastai's predict settings, config hygiene
 
 

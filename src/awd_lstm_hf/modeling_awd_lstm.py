@@ -525,9 +525,10 @@ class AWDLSTMForCausalLM(AWDLSTMPreTrainedModel, GenerationMixin):
         return False  # our state is an AWDLSTMCache created by forward, not attention keys/values
 
     def generate(self, inputs=None, generation_config=None, stopping_criteria=None, **kwargs):
-        """transformers' `generate`, with two cases defined for a word-level recurrent model:
-        `max_new_tokens=0` returns the input as it is (transformers refuses it), and `stop_strings`
-        (with `tokenizer=`) are matched on the decoded continuation (see `StopOnDecodedText`)."""
+        """transformers' `generate`, with three cases defined for a word-level recurrent model:
+        `max_new_tokens=0` returns the input as it is (transformers refuses it), `stop_strings`
+        (with `tokenizer=`) are matched on the decoded continuation (see `StopOnDecodedText`), and a beam
+        search's returned `cache` belongs to the returned sequences (see `_state_of_returned_beams`)."""
         config = generation_config if generation_config is not None else self.generation_config
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         if kwargs.get("max_new_tokens", config.max_new_tokens) == 0 and input_ids is not None:
@@ -549,7 +550,25 @@ class AWDLSTMForCausalLM(AWDLSTMPreTrainedModel, GenerationMixin):
                 generation_config.stop_strings = None
             stopping_criteria = StoppingCriteriaList(stopping_criteria or [])
             stopping_criteria.append(StopOnDecodedText(tokenizer, stop_strings, input_ids.shape[-1]))
-        return super().generate(inputs, generation_config=generation_config, stopping_criteria=stopping_criteria, **kwargs)
+        outputs = super().generate(inputs, generation_config=generation_config, stopping_criteria=stopping_criteria, **kwargs)
+        if (kwargs.get("num_beams", config.num_beams) or 1) > 1 and getattr(outputs, "cache", None) is not None:
+            outputs.cache = self._state_of_returned_beams(outputs.sequences, input_ids, kwargs.get("attention_mask"))
+        return outputs
+
+    @torch.no_grad()
+    def _state_of_returned_beams(self, sequences, prompt_ids, prompt_mask) -> AWDLSTMCache | None:
+        """Beam search ends with the state of its running beams, not of the hypotheses it returns (picked,
+        reordered, fewer): read the returned sequences once more (but their last token, as for any returned
+        cache), so that `generate(sequences, cache=out.cache)` continues each one from its own state. A prompt
+        given as embeddings is not in the sequences: then no cache is returned rather than a wrong one."""
+        if prompt_ids is None:
+            return None
+        new_tokens = sequences.shape[1] - prompt_ids.shape[1]
+        mask = None
+        if prompt_mask is not None:
+            prompt_mask = prompt_mask.repeat_interleave(sequences.shape[0] // prompt_mask.shape[0], 0)
+            mask = torch.cat([prompt_mask, prompt_mask.new_ones(sequences.shape[0], new_tokens)], 1)[:, :-1]
+        return self.model(sequences[:, :-1], attention_mask=mask).cache
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
