@@ -128,8 +128,10 @@ def run_stage(args, state, stage_dir: Path, evaluation_key: str, model, stage, *
     if checkpoint:
         logger.info("%s: resuming from %s", stage_dir.name, checkpoint)
     saving = {"save_strategy": "steps", "save_steps": args.save_steps, "save_total_limit": 2} if args.save_steps else {}
+    # fastai v2 does not clip (fit_one_cycle's default); `clip` is its GradientClip(max_norm) callback
+    clipping = {"max_grad_norm": args.settings["clip"]} if args.settings["clip"] else {}
     trainer, _ = fit_one_cycle(model, stage, *datasets, output_dir=str(stage_dir), seed=args.seed,
-                               resume_from_checkpoint=checkpoint, **saving, **fit_arguments)
+                               resume_from_checkpoint=checkpoint, **saving, **clipping, **fit_arguments)
     record = {"steps": trainer.state.global_step, "evaluations": last_evaluations(trainer, evaluation_key)}
     if state.is_main_process:  # written aside, then renamed: a killed run leaves the record whole or absent
         writing = finished.with_name("finished.writing")

@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMForSequenceClassification
+from awd_lstm_hf.data import LMStreamDataset
 from awd_lstm_hf.training import (
+    LMTrainer,
     OneCycleSchedule,
+    Stage,
+    fit_one_cycle,
     activation_regularization,
     build_optimizer,
     discriminative_lrs,
@@ -85,3 +89,35 @@ def test_activation_regularization_by_hand():
     assert activation_regularization(raw, dropped) == pytest.approx(2 * 22 / 6 + 47 / 4)
     mask = torch.tensor([[True, True, False]])  # only the first two positions are real
     assert activation_regularization(raw, dropped, mask) == pytest.approx(2 * 20 / 4 + 13 / 2)
+
+
+class _NormRecordingLMTrainer(LMTrainer):
+    """Records the total gradient norm the optimizer sees at each step."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            self.norms = []
+            super().create_optimizer(model).register_step_pre_hook(self._record_norm)
+        return self.optimizer
+
+    def _record_norm(self, optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_gradients_are_clipped_only_when_asked(tmp_path, clip):
+    """fastai v2's fit_one_cycle does not clip (Trainer would clip at 1.0 by default); `max_grad_norm` (the
+    presets' `clip`, fastai's GradientClip) bounds the total gradient norm the optimizer sees."""
+    torch.manual_seed(0)
+    model = AWDLSTMForCausalLM(AWDLSTMConfig(**CONFIG, drop_mult=0.0))
+    stream = LMStreamDataset([list(range(9, 40)) * 8], rows=4, bptt=5)
+    clipping = {"max_grad_norm": clip} if clip else {}
+    trainer, _ = fit_one_cycle(model, Stage(epochs=1, lr=0.5), stream, None, trainer_class=_NormRecordingLMTrainer,
+                               output_dir=str(tmp_path), batch_size=4, weight_decay=0.01, seed=0,
+                               sampling="sequential", bf16=False, **clipping)
+    assert len(trainer.norms) == stream.n_windows
+    if clip:
+        assert max(trainer.norms) <= clip * (1 + 1e-4)
+    else:
+        assert max(trainer.norms) > 1.0  # above Trainer's default bound: nothing clipped it
