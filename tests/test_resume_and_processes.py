@@ -94,7 +94,7 @@ class _RecordGradients(TrainerCallback):
                            [p.grad.detach().clone() for p in model.parameters()]))
 
 
-class _GradientRecordingLMTrainer(LMTrainer):
+class GradientRecordingLMTrainer(LMTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.recorder = _RecordGradients()
@@ -110,7 +110,7 @@ def test_gradient_accumulation_averages_consecutive_windows_like_fastai(tmp_path
     assert stream.n_windows == 5
     model = tiny_lm(drop_mult=0.0)  # no dropout, fp32 and no clipping: the reference below is exact
     trainer, _ = fit_one_cycle(
-        model, Stage(epochs=1, lr=1e-2), stream, None, trainer_class=_GradientRecordingLMTrainer,
+        model, Stage(epochs=1, lr=1e-2), stream, None, trainer_class=GradientRecordingLMTrainer,
         sampling="sequential", output_dir=str(tmp_path), batch_size=rows, weight_decay=0.1, seed=0,
         gradient_accumulation_steps=2, max_grad_norm=0.0, bf16=False,
     )

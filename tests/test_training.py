@@ -8,16 +8,16 @@ import torch
 from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMForSequenceClassification
 from awd_lstm_hf.data import LMStreamDataset
 from awd_lstm_hf.training import (
-    LMTrainer,
     OneCycleSchedule,
     Stage,
-    fit_one_cycle,
     activation_regularization,
     build_optimizer,
     discriminative_lrs,
+    fit_one_cycle,
     freeze_to,
     layer_groups,
 )
+from test_resume_and_processes import GradientRecordingLMTrainer
 
 CONFIG = dict(vocab_size=40, embedding_size=6, hidden_size=10, num_hidden_layers=3)
 
@@ -91,20 +91,6 @@ def test_activation_regularization_by_hand():
     assert activation_regularization(raw, dropped, mask) == pytest.approx(2 * 20 / 4 + 13 / 2)
 
 
-class _NormRecordingLMTrainer(LMTrainer):
-    """Records the total gradient norm the optimizer sees at each step."""
-
-    def create_optimizer(self, model=None):
-        if self.optimizer is None:
-            self.norms = []
-            super().create_optimizer(model).register_step_pre_hook(self._record_norm)
-        return self.optimizer
-
-    def _record_norm(self, optimizer, args, kwargs):
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
-
-
 @pytest.mark.parametrize("clip", [None, 0.05])
 def test_gradients_are_clipped_only_when_asked(tmp_path, clip):
     """fastai v2's fit_one_cycle does not clip (Trainer would clip at 1.0 by default); `max_grad_norm` (the
@@ -113,11 +99,13 @@ def test_gradients_are_clipped_only_when_asked(tmp_path, clip):
     model = AWDLSTMForCausalLM(AWDLSTMConfig(**CONFIG, drop_mult=0.0))
     stream = LMStreamDataset([list(range(9, 40)) * 8], rows=4, bptt=5)
     clipping = {"max_grad_norm": clip} if clip else {}
-    trainer, _ = fit_one_cycle(model, Stage(epochs=1, lr=0.5), stream, None, trainer_class=_NormRecordingLMTrainer,
+    trainer, _ = fit_one_cycle(model, Stage(epochs=1, lr=0.5), stream, None, trainer_class=GradientRecordingLMTrainer,
                                output_dir=str(tmp_path), batch_size=4, weight_decay=0.01, seed=0,
                                sampling="sequential", bf16=False, **clipping)
-    assert len(trainer.norms) == stream.n_windows
+    # the gradients the optimizer steps with (recorded after Trainer's clipping)
+    norms = [torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item() for _, grads in trainer.recorder.steps]
+    assert len(norms) == stream.n_windows
     if clip:
-        assert max(trainer.norms) <= clip * (1 + 1e-4)
+        assert max(norms) <= clip * (1 + 1e-4)
     else:
-        assert max(trainer.norms) > 1.0  # above Trainer's default bound: nothing clipped it
+        assert max(norms) > 1.0  # above Trainer's default bound: nothing clipped it
