@@ -3,7 +3,10 @@ texts, stage 2 the classifier from the stage-1 encoder (gradual unfreezing).
 
     python scripts/train.py --preset smoke --dataset ../shared/data/imdb --output_dir runs/smoke
     accelerate launch scripts/train.py --preset cpu --output_dir runs/cpu
-    torchrun --nproc_per_node 2 scripts/train.py --preset smoke --output_dir runs/smoke2  # 2 CPU processes
+    # 2 CPU processes (gloo): through mpirun, as Accelerate runs them, or torchrun
+    accelerate launch --cpu --num_processes 2 --mpirun_hostfile configs/localhost.hostfile scripts/train.py \
+        --preset smoke --output_dir runs/smoke2
+    torchrun --nproc_per_node 2 scripts/train.py --preset smoke --output_dir runs/smoke2
 
 Presets are the JSON files in `configs/`; every key can be overridden by the flag of the same name.
 Writes OUTPUT_DIR/lm and OUTPUT_DIR/classifier (complete model folders) and OUTPUT_DIR/metrics.json;
@@ -175,7 +178,8 @@ def train_language_model(args, s, state, lm_texts, tokenizer, work_dir):
         history += record["evaluations"]
         steps.append(record["steps"])
     final = history[-1]  # validated at the end of every epoch
-    metrics = {key: final[f"eval_{key}"] for key in ("loss", "accuracy", "perplexity")} | {"stage_steps": steps}
+    metrics = {key: final[f"eval_{key}"] for key in ("loss", "accuracy", "perplexity")} | {
+        "stage_steps": steps, "train_tokens": train_stream.n_tokens, "rows": rows}
     return model, metrics, history
 
 
@@ -253,8 +257,11 @@ def main(argv=None):
     work_dir = output_dir / "checkpoints"
     logger.info("preset %s on %d process(es); precision: %s", args.preset, state.num_processes, describe_precision(mixed_precision()))
     if state.num_processes == 1 and os.environ.get("ACCELERATE_USE_CPU") == "True" and "MASTER_PORT" in os.environ:
-        logger.warning("`accelerate launch --cpu --num_processes N` starts one process on one machine (Accelerate runs "
-                       "several CPU processes only through MPI); `torchrun --nproc_per_node N` runs N on CPUs")
+        raise SystemExit(  # accelerate sets MASTER_PORT only when asked for several processes
+            "`accelerate launch --cpu --num_processes N` started a single process: Accelerate starts several CPU "
+            "processes only through mpirun. Add `--mpirun_hostfile configs/localhost.hostfile` (Open MPI: "
+            "pip install 'awd-lstm-hf[mpi]'; as root also export OMPI_ALLOW_RUN_AS_ROOT=1 "
+            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1), or run `torchrun --nproc_per_node N scripts/train.py ...`.")
 
     with state.main_process_first():  # tokenize once, the other processes read the datasets cache
         imdb = load_imdb(args.dataset)

@@ -1,9 +1,10 @@
 """A tiny stateful-LM `fit_one_cycle` shared by tests/test_resume_and_processes.py, which also runs this
-file as `torchrun --nproc_per_node 2 tests/lm_two_processes.py OUT` (on CPUs, with gloo): each process then
+file in 2 CPU processes (gloo) as `tests/lm_two_processes.py OUT` under each launcher: each process then
 writes the input windows it trained on (OUT/batches_RANK.pt) and process 0 the final weights (OUT/weights.pt).
 """
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,24 @@ from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM
 from awd_lstm_hf.data import LMStreamDataset
 from awd_lstm_hf.training import LMTrainer, Stage, fit_one_cycle
 
+REPO = Path(__file__).resolve().parents[1]
 BPTT = 5
+LAUNCHERS = ("accelerate", "torchrun")
+
+
+def launch_two_cpu_processes(launcher: str, script: Path, *script_args: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run SCRIPT in 2 CPU processes: `accelerate launch --cpu` (which starts
+    them through Open MPI's mpirun) or torchrun."""
+    bin_dir = Path(sys.executable).parent
+    if launcher == "accelerate":
+        command = [str(bin_dir / "accelerate"), "launch", "--cpu", "--num_processes", "2",
+                   "--mpirun_hostfile", str(REPO / "configs" / "localhost.hostfile")]
+    else:
+        command = [str(bin_dir / "torchrun"), "--nproc_per_node", "2"]
+    # mpirun refuses to run as root without these (CI runs as root)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PATH=f"{bin_dir}:{os.environ['PATH']}",
+               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return command + [str(script), *script_args], env
 STAGE = Stage(epochs=2, lr=1e-2, train_last=2)  # discriminative lrs, the first rnn group frozen
 
 

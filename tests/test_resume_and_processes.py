@@ -1,21 +1,17 @@
 """The stateful LM under checkpoint/resume, gradient accumulation, evaluation during training and 2
 processes, each against a run computed independently (uninterrupted, by hand, or on one process)."""
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from lm_two_processes import BPTT, STAGE, TRAIN_DOCS, fit, tiny_lm
+from lm_two_processes import BPTT, LAUNCHERS, REPO, STAGE, TRAIN_DOCS, fit, launch_two_cpu_processes, tiny_lm
 from torch.utils.data import default_collate
 from transformers import TrainerCallback
 
 from awd_lstm_hf.data import LMStreamDataset
 from awd_lstm_hf.training import LMTrainer, Stage, activation_regularization, fit_one_cycle
 
-REPO = Path(__file__).resolve().parents[1]
 WINDOWS_PER_EPOCH = 20  # 4 rows of 100 tokens, bptt 5
 
 
@@ -139,17 +135,14 @@ def test_stream_rows_must_be_one_micro_batch_of_all_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_train_disjoint_rows_covering_the_corpus_like_one_process(tmp_path):
-    """Two CPU processes (torchrun, as `accelerate launch --multi_gpu` runs them; `accelerate launch --cpu`
-    starts only one), 2 rows each: in each epoch process p trains on rows 2p, 2p+1 of that epoch's shuffled
-    stream, window after window; the two see no token twice and together everything but the < 4-token
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_processes_train_disjoint_rows_covering_the_corpus_like_one_process(tmp_path, launcher):
+    """Two CPU processes, 2 rows each: in each epoch process p trains on rows 2p, 2p+1 of that epoch's
+    shuffled stream, window after window; the two see no token twice and together everything but the < 4-token
     remainder. The weights equal one process training all 4 rows."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(REPO / "tests"))
-    run = subprocess.run(
-        [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2",
-         str(REPO / "tests" / "lm_two_processes.py"), str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
+    command, env = launch_two_cpu_processes(launcher, REPO / "tests" / "lm_two_processes.py", str(tmp_path))
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                         env=env | {"PYTHONPATH": str(REPO / "tests")})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     stream = LMStreamDataset(TRAIN_DOCS, 4, BPTT, shuffle=True, seed=3)

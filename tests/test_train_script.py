@@ -1,6 +1,7 @@
 """`scripts/train.py --preset smoke` on the IMDB mirror, end to end, then the demo on its output."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import awd_lstm_hf  # noqa: F401
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 from demo import GENERATION  # noqa: E402
+from lm_two_processes import launch_two_cpu_processes  # noqa: E402
 
 
 @pytest.mark.slow
@@ -57,3 +59,36 @@ def test_smoke_preset_trains_both_stages_and_pipelines_load(imdb_path, tmp_path)
         ids = generate("I hate this movie", return_tensors=True, **GENERATION)[0]["generated_token_ids"]
         prompt = generate.tokenizer("I hate this movie")["input_ids"]
         assert len(ids) == len(prompt) + 40 and 0 not in ids[len(prompt):]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_smoke_preset_under_accelerate_launch_cpu_runs_two_processes(imdb_path, tmp_path):
+    """`accelerate launch --cpu --num_processes 2` (through mpirun): 2 processes, each with its own rows of
+    the LM stream (rows = 2 x lm_batch_size, one optimizer step per window) and half of each classifier
+    epoch's batches."""
+    out = tmp_path / "smoke2"
+    command, env = launch_two_cpu_processes("accelerate", REPO / "scripts" / "train.py", "--preset", "smoke",
+                                            "--dataset", str(imdb_path), "--output_dir", str(out))
+    run = subprocess.run(command, capture_output=True, text=True, timeout=1500, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    settings, lm = metrics["settings"], metrics["lm"]
+    assert metrics["processes"] == 2 and lm["rows"] == 2 * settings["lm_batch_size"]
+    windows = math.ceil((lm["train_tokens"] - 1) // lm["rows"] / settings["bptt"])
+    assert lm["stage_steps"] == [windows * stage["epochs"] for stage in settings["lm_stages"]]
+    batches = math.ceil(settings["clas_train_docs"] / (2 * settings["clas_batch_size"]))
+    assert metrics["classifier"]["stage_steps"] == [batches * stage["epochs"] for stage in settings["clas_stages"]]
+    assert metrics["classifier"]["test_documents"] == 1000
+    assert 1 < lm["perplexity"] < metrics["vocab_size"] and 0.5 <= metrics["classifier"]["test_accuracy"] <= 1
+
+
+def test_accelerate_launch_cpu_without_mpi_says_how_to_start_several_processes(tmp_path):
+    """Without a hostfile, `accelerate launch --cpu --num_processes 2` starts one process: train.py stops
+    with the two ways to get two instead of silently training in one."""
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--cpu", "--num_processes", "2",
+               str(REPO / "scripts" / "train.py"), "--preset", "smoke", "--output_dir", str(tmp_path / "out")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "--mpirun_hostfile configs/localhost.hostfile" in run.stderr and "torchrun --nproc_per_node" in run.stderr
+    assert not (tmp_path / "out").exists()
