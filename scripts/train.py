@@ -9,6 +9,8 @@ texts, stage 2 the classifier from the stage-1 encoder (gradual unfreezing).
     torchrun --nproc_per_node 2 scripts/train.py --preset smoke --output_dir runs/smoke2
 
 Presets are the JSON files in `configs/`; every key can be overridden by the flag of the same name.
+`--init_lm DIR_OR_HUB_ID` starts the LM from a pretrained one (ULMFiT's transfer, fastai's vocabulary matching)
+and fine-tunes it with the preset's `lm_finetune_stages` (frozen, then unfrozen).
 Writes OUTPUT_DIR/lm and OUTPUT_DIR/classifier (complete model folders) and OUTPUT_DIR/metrics.json;
 `--push_to_hub --hub_model_id ID` uploads the folders to the Hub repositories ID-lm and ID-classifier.
 Each finished stage is recorded in OUTPUT_DIR/checkpoints; with `--save_steps N` a stage also writes a
@@ -52,6 +54,7 @@ from awd_lstm_hf.training import (
     describe_precision,
     fit_one_cycle,
     mixed_precision,
+    transfer_language_model,
 )
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -73,6 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset", default=IMDB_HUB_ID, help="Hub id or local folder laid out like stanfordnlp/imdb")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--init_lm", metavar="DIR_OR_HUB_ID",
+                        help="start the LM from this pretrained AWD-LSTM LM (e.g. fastai's WikiText-103 weights converted "
+                             "with convert_fastai_checkpoint.py), moved onto the IMDB vocabulary, and fine-tune it with "
+                             "the preset's lm_finetune_stages instead of training lm_stages from scratch")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="processes for tokenization")
     parser.add_argument("--push_to_hub", action="store_true", help="upload both folders (token: HF_TOKEN or login)")
     parser.add_argument("--hub_model_id", help="Hub repositories HUB_MODEL_ID-lm and HUB_MODEL_ID-classifier")
@@ -151,17 +158,19 @@ def run_stage(args, state, stage_dir: Path, evaluation_key: str, model, stage, *
 
 def train_language_model(args, s, state, lm_texts, tokenizer, work_dir):
     lm_train, lm_valid = (prepare_text(d, args.num_proc, tokenizer) for d in lm_texts)
-    config = AWDLSTMConfig(
-        vocab_size=len(tokenizer),
-        embedding_size=s["embedding_size"],
-        hidden_size=s["hidden_size"],
-        num_hidden_layers=s["num_hidden_layers"],
-        bptt=s["bptt"],
-        max_len=s["max_len"],
-        drop_mult=s["lm_drop_mult"],
-    )
     torch.manual_seed(args.seed)
-    model = AWDLSTMForCausalLM(config)
+    training = {"bptt": s["bptt"], "max_len": s["max_len"], "drop_mult": s["lm_drop_mult"]}
+    if args.init_lm:  # ULMFiT's transfer: the pretrained sizes, the IMDB vocabulary, the fine-tuning stages
+        pretrained = AWDLSTMForCausalLM.from_pretrained(args.init_lm)
+        model = transfer_language_model(pretrained, AWDLSTMTokenizer.from_pretrained(args.init_lm).itos,
+                                        tokenizer.itos, **training)
+        stages = s["lm_finetune_stages"]
+        logger.info("LM: starting from %s (its sizes replace the preset's)", args.init_lm)
+    else:
+        model = AWDLSTMForCausalLM(AWDLSTMConfig(
+            vocab_size=len(tokenizer), embedding_size=s["embedding_size"], hidden_size=s["hidden_size"],
+            num_hidden_layers=s["num_hidden_layers"], **training))
+        stages = s["lm_stages"]
     rows = s["lm_batch_size"] * state.num_processes
     train_stream = LMStreamDataset(lm_train["input_ids"], rows, s["bptt"], shuffle=True, seed=args.seed)
     valid_stream = LMStreamDataset(lm_valid["input_ids"], rows, s["bptt"])
@@ -169,7 +178,7 @@ def train_language_model(args, s, state, lm_texts, tokenizer, work_dir):
                 train_stream.n_tokens, valid_stream.n_tokens, rows, train_stream.row_len, len(tokenizer),
                 f"{model.num_parameters():,}")
     history, steps = [], []
-    for index, stage in enumerate(Stage(**stage) for stage in s["lm_stages"]):
+    for index, stage in enumerate(Stage(**stage) for stage in stages):
         record = run_stage(
             args, state, work_dir / f"lm_stage{index}", "eval_perplexity", model, stage, train_stream, valid_stream,
             trainer_class=LMTrainer, sampling="sequential", batch_size=s["lm_batch_size"],
@@ -279,20 +288,22 @@ def main(argv=None):
     model_ids = {task: f"{args.hub_model_id}-{task}" if args.hub_model_id else f"awd-lstm-imdb-{task}-{args.preset}"
                  for task in ("lm", "classifier")}
     training_settings = {"script": "scripts/train.py", "preset": args.preset, "dataset": args.dataset,
-                         "seed": args.seed, "settings": s}
+                         "seed": args.seed, "init_lm": args.init_lm, "settings": s}
     start_work_dir(args, state, work_dir, training_settings)
 
     lm_started = time.time()
     lm, lm_metrics, lm_history = train_language_model(args, s, state, lm_texts, tokenizer, work_dir)
     lm_seconds = time.time() - lm_started
     logger.info("LM: %s in %.0f s", lm_metrics, lm_seconds)
-    provenance = (f"Trained from scratch with awd-lstm-hf `scripts/train.py --preset {args.preset}` "
+    start = f"Fine-tuned from `{args.init_lm}`" if args.init_lm else "Trained from scratch"
+    provenance = (f"{start} with awd-lstm-hf `scripts/train.py --preset {args.preset}` "
                   f"(seed {args.seed}) on IMDB review texts ({s['lm_docs'] or 'all'} reviews, "
                   f"{s['lm_valid_pct']:.0%} held out for validation).")
     if state.is_main_process:
         card = model_card_text(lm, model_id=model_ids["lm"], provenance=provenance,
                                results={"perplexity": lm_metrics["perplexity"], "accuracy": lm_metrics["accuracy"]},
-                               limits=IMDB_LIMITS, dataset=IMDB_HUB_ID, license="apache-2.0")
+                               limits=IMDB_LIMITS, dataset=IMDB_HUB_ID, license="apache-2.0",
+                               base_model=args.init_lm if args.init_lm and not Path(args.init_lm).exists() else None)
         save_model_folder(lm, tokenizer, output_dir / "lm", card, training_settings)
     state.wait_for_everyone()
 

@@ -9,12 +9,14 @@ Each fastai concept has one home here:
 - `LMTrainer`: stateful BPTT, the hidden state carried from batch to batch (fastai's `ModelResetter`
   resets it per epoch and per validation), kept in checkpoints so that a resumed run continues exactly;
 - `fit_one_cycle`: one call = one `Trainer.train()` with its own schedule, after `freeze_to`, like
-  fastai's `learn.freeze_to(n); learn.fit_one_cycle(...)`.
+  fastai's `learn.freeze_to(n); learn.fit_one_cycle(...)`;
+- `transfer_language_model`: a pretrained LM moved onto a new vocabulary (`load_pretrained` + `match_embeds`).
 """
 
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -370,3 +372,36 @@ def fit_one_cycle(
     freeze_to(model, None)
     return trainer, result.metrics
 
+
+
+def transfer_language_model(pretrained: AWDLSTMForCausalLM, old_vocab: Sequence[str], new_vocab: Sequence[str],
+                            **config_overrides) -> AWDLSTMForCausalLM:
+    """fastai's `match_embeds`: a copy of PRETRAINED (vocabulary OLD_VOCAB) for NEW_VOCAB. A word's embedding
+    row (= tied decoder row) and decoder bias are copied when OLD_VOCAB has the word (looked up by string;
+    the last of repeated strings, like fastai's dict); a new word gets the mean row and the mean bias, so that
+    it starts as an average word rather than as noise. Everything else is copied as is; CONFIG_OVERRIDES
+    (bptt, max_len, dropouts) change the new model's config, never its sizes."""
+    if len(old_vocab) != pretrained.config.vocab_size:
+        raise ValueError(f"The pretrained model has {pretrained.config.vocab_size} embedding rows but its vocabulary "
+                         f"{len(old_vocab)} words")
+    config = pretrained.config.__class__.from_dict({**pretrained.config.to_dict(), **config_overrides,
+                                                    "vocab_size": len(new_vocab)})
+    model = AWDLSTMForCausalLM(config)
+    old_index = {word: index for index, word in enumerate(old_vocab)}
+    rows = torch.tensor([old_index.get(word, -1) for word in new_vocab])
+    known = rows >= 0
+
+    def matched(old: torch.Tensor) -> torch.Tensor:
+        new = old.mean(0).expand(len(new_vocab), *old.shape[1:]).clone()
+        new[known] = old[rows[known]]
+        return new
+
+    state_dict = dict(pretrained.state_dict())
+    embedding_key = "model.encoder.weight"
+    state_dict[embedding_key] = state_dict["lm_head.weight"] = matched(state_dict[embedding_key])
+    if "lm_head.bias" in state_dict:
+        state_dict["lm_head.bias"] = matched(state_dict["lm_head.bias"])
+    model.load_state_dict(state_dict)
+    logger.info("vocabulary transfer: %d of %d words found in the pretrained vocabulary (the others start at "
+                "the mean embedding)", int(known.sum()), len(new_vocab))
+    return model
