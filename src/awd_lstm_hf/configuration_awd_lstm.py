@@ -126,6 +126,17 @@ class AWDLSTMConfig(PreTrainedConfig):
         ]
 
     @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """transformers' reader, refusing a config of another `model_type` (transformers only warns, and the
+        model then loads as an AWD-LSTM with whatever keys happen to fit)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            raise ValueError(f"The config in {pretrained_model_name_or_path} has model_type {model_type!r}, not "
+                             f"{cls.model_type!r}: it is not an AWD-LSTM config")
+        return config_dict, kwargs
+
+    @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
         """As transformers', and remembers which dropouts the caller passed (e.g.
         `from_pretrained(lm_dir, drop_mult=0.3)`, through any Auto class), so that `with_task_dropouts`

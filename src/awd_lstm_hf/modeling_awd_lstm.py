@@ -11,11 +11,16 @@ Where we deliberately differ from fastai (see the reference notes, sections 1.4,
 """
 
 import copy
+import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
@@ -33,6 +38,85 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_awd_lstm.AWDLSTMForCausalLM",
     "AutoModelForSequenceClassification": "modeling_awd_lstm.AWDLSTMForSequenceClassification",
 }
+# safetensors metadata key holding the SHA-256 of a weights file's tensor bytes (see `check_model_folder`).
+WEIGHTS_DIGEST_KEY = "awd_lstm_sha256"
+
+
+def _safetensors_header(path: Path) -> tuple[int, dict]:
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        return length, json.loads(f.read(length))
+
+
+def _tensor_bytes_digest(path: Path, header_length: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(8 + header_length)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def add_weights_digest(path: str | os.PathLike) -> None:
+    """Record the SHA-256 of a safetensors file's tensor bytes in its header metadata. safetensors has no
+    checksum, so without it a file with flipped bytes in its tensors loads silently as another model."""
+    path = Path(path)
+    length, header = _safetensors_header(path)
+    header.setdefault("__metadata__", {})[WEIGHTS_DIGEST_KEY] = _tensor_bytes_digest(path, length)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # keep the tensor bytes 8-byte aligned, as safetensors writes them
+    written = path.with_name(path.name + ".writing")
+    with open(path, "rb") as source, open(written, "wb") as target:
+        source.seek(8 + length)
+        target.write(len(encoded).to_bytes(8, "little") + encoded)
+        for block in iter(lambda: source.read(1 << 20), b""):
+            target.write(block)
+    os.replace(written, path)
+
+
+def check_weights_file(path: str | os.PathLike) -> None:
+    """A clear error naming `path` for a truncated or corrupted safetensors file (safetensors' own errors do
+    not name it, and flipped tensor bytes pass unnoticed without the digest `save_pretrained` records)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get(WEIGHTS_DIGEST_KEY)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise OSError(f"{path} is not a readable safetensors file ({error}): it is truncated or corrupted; "
+                      "save or download it again") from None
+    if recorded is not None and _tensor_bytes_digest(path, _safetensors_header(path)[0]) != recorded:
+        raise OSError(f"{path} is corrupted: its tensor bytes do not match the SHA-256 recorded when it was saved; "
+                      "save or download it again")
+
+
+def _tokenizer_ids(folder: Path) -> int | None:
+    """How many ids the tokenizer saved in `folder` can produce (its vocabulary plus added tokens), if any."""
+    vocab_file = folder / "vocab.json"
+    if not vocab_file.is_file():
+        return None
+    n_ids = len(json.loads(vocab_file.read_text(encoding="utf-8")))
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        added = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("added_tokens_decoder") or {}
+        n_ids = max([n_ids, *(int(index) + 1 for index in added)])
+    return n_ids
+
+
+def check_model_folder(folder: str | os.PathLike) -> None:
+    """What a local model folder must satisfy before transformers reads it: whole, uncorrupted weights files,
+    and a tokenizer (when the folder has one) with as many ids as the model has embedding rows. A folder
+    mixing another vocabulary's tokenizer would otherwise run silently on every text whose ids happen to fit."""
+    folder = Path(folder)
+    for path in sorted(folder.glob("*.safetensors")):
+        check_weights_file(path)
+    config_file = folder / "config.json"
+    n_ids = _tokenizer_ids(folder)
+    if n_ids is not None and config_file.is_file():
+        vocab_size = json.loads(config_file.read_text(encoding="utf-8")).get("vocab_size")
+        if vocab_size is not None and vocab_size != n_ids:
+            raise ValueError(f"{config_file} has vocab_size {vocab_size} but the tokenizer in {folder} "
+                             f"(vocab.json) has {n_ids} ids: the folder mixes a model and a tokenizer of different "
+                             "vocabularies; save the model's own tokenizer with it")
 
 
 class AWDLSTMCache:
@@ -244,9 +328,25 @@ class AWDLSTMPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' `save_pretrained`, with every head in `auto_map` (transformers lists only the saved
-        class), so that the folder loads as any head with `trust_remote_code` and no package installed."""
+        class), so that the folder loads as any head with `trust_remote_code` and no package installed, and
+        the SHA-256 of each weights file's tensors in its metadata (checked by `from_pretrained`)."""
         self.config.auto_map = dict(REMOTE_CODE_AUTO_MAP)
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        is_main_process = kwargs.get("is_main_process", True)
+        if is_main_process and kwargs.get("safe_serialization", True):
+            for path in Path(save_directory).glob("*.safetensors"):
+                add_weights_digest(path)
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`, after `check_model_folder` on a local folder: a truncated or
+        corrupted weights file, or a tokenizer of another vocabulary, is an error naming the file."""
+        if pretrained_model_name_or_path is not None:
+            folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            if folder.is_dir():
+                check_model_folder(folder)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @property
     def dropouts(self) -> dict[str, float]:
