@@ -101,6 +101,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def select_reviews(imdb, s: dict, seed: int) -> tuple[tuple, dict]:
+    """The reviews a run uses: the LM's (train, valid) texts and the classifier's train/valid/test splits."""
+    lm_texts = lm_corpus(imdb, max_docs=s["lm_docs"], valid_pct=s["lm_valid_pct"], seed=seed)
+    splits = classification_splits(imdb, train_docs=s["clas_train_docs"], test_docs=s["clas_test_docs"],
+                                   valid_docs=s["clas_valid_docs"], seed=seed)
+    return lm_texts, splits
+
+
 def prepare_text(dataset, num_proc, tokenizer=None):
     """fastai tokens (cached by datasets), then ids once the vocabulary exists."""
     tokens = tokenize_corpus(dataset, num_proc=num_proc)
@@ -211,7 +219,7 @@ def train_classifier(args, s, state, lm_dir, splits, tokenizer, work_dir):
         for name, split in splits.items() if split is not None
     }
     collator = ClassificationCollator(pad_token_id=tokenizer.pad_token_id)
-    best, steps = {"accuracy": -1.0}, []
+    best, steps, valid_history = {"accuracy": -1.0}, [], []
     for index, stage in enumerate(Stage(**stage) for stage in s["clas_stages"]):
         record = run_stage(
             args, state, work_dir / f"clas_stage{index}", "eval_accuracy", model, stage, data["train"],
@@ -220,6 +228,8 @@ def train_classifier(args, s, state, lm_dir, splits, tokenizer, work_dir):
             data_collator=collator, compute_metrics=classification_accuracy,
         )
         steps.append(record["steps"])
+        valid_history += [{"stage": index, "epoch": epoch, "accuracy": evaluation["eval_accuracy"]}
+                          for epoch, evaluation in enumerate(record["evaluations"], start=1)]
         if "valid" in data:  # keep the stage whose model does best on validation (never on test)
             accuracy = record["evaluations"][-1]["eval_accuracy"]
             logger.info("classifier stage %d: valid accuracy %.4f", index, accuracy)
@@ -232,7 +242,7 @@ def train_classifier(args, s, state, lm_dir, splits, tokenizer, work_dir):
     test_metrics = evaluator(model, s, work_dir, collator).evaluate(data["test"], metric_key_prefix="test")
     metrics = {"test_accuracy": test_metrics["test_accuracy"], "test_documents": len(data["test"]), "stage_steps": steps}
     if "valid" in data:
-        metrics |= {"valid_accuracy": best["accuracy"], "chosen_stage": best["stage"]}
+        metrics |= {"valid_accuracy": best["accuracy"], "chosen_stage": best["stage"], "valid_history": valid_history}
     return model, metrics
 
 
@@ -273,11 +283,8 @@ def main(argv=None):
             "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1), or run `torchrun --nproc_per_node N scripts/train.py ...`.")
 
     with state.main_process_first():  # tokenize once, the other processes read the datasets cache
-        imdb = load_imdb(args.dataset)
-        lm_texts = lm_corpus(imdb, max_docs=s["lm_docs"], valid_pct=s["lm_valid_pct"], seed=args.seed)
+        lm_texts, splits = select_reviews(load_imdb(args.dataset), s, args.seed)
         lm_tokens = [prepare_text(d, args.num_proc) for d in lm_texts]
-        splits = classification_splits(imdb, train_docs=s["clas_train_docs"], test_docs=s["clas_test_docs"],
-                                       valid_docs=s["clas_valid_docs"], seed=args.seed)
         for split in splits.values():
             if split is not None:
                 prepare_text(split, args.num_proc)

@@ -1,0 +1,108 @@
+"""The fastai side of `scripts/learning_curves.py`: fastai 2.8.12's own ULMFiT run on the reviews, vocabulary
+and settings that our run used, recording the validation figures after every epoch.
+
+Runs ONLY in a venv with fastai (see ../shared/tools/setup_fastai_venv.sh); the project never imports fastai.
+DATA holds lm_train/lm_valid/clas_train/clas_valid.parquet (text, and label for the classifier), itos.json
+(our run's vocabulary) and settings.json (the preset's values, as train.py read them). Writes JSON:
+
+    {"lm": [{"epoch": 1, "perplexity": ..., "accuracy": ..., "loss": ...}, ...],
+     "classifier": [{"stage": 0, "epoch": 1, "accuracy": ...}, ...], "lm_train_tokens": ..., "seconds": ...}
+
+    /work/venv-fastai/bin/python scripts/fastai_learning_curve.py DATA --seed 0 --json OUT.json
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from fastai.text.all import (
+    AWD_LSTM,
+    Perplexity,
+    TextDataLoaders,
+    accuracy,
+    awd_lstm_clas_config,
+    awd_lstm_lm_config,
+    language_model_learner,
+    set_seed,
+    text_classifier_learner,
+)
+
+DISCRIMINATIVE_FACTOR = 2.6  # our Stage's rule: lr / 2.6 per layer group below the last
+
+
+def fastai_lr(stage: dict, n_groups: int):
+    if stage.get("discriminative", True):
+        return slice(stage["lr"] / DISCRIMINATIVE_FACTOR ** (n_groups - 1), stage["lr"])
+    return stage["lr"]
+
+
+def fit_stages(learn, stages: list[dict], weight_decay: float) -> list[list[float]]:
+    """fastai's `freeze_to(-n)` / `unfreeze()` then `fit_one_cycle`, per stage; the recorder's values of each
+    epoch ([train loss, valid loss, metrics...]) grouped by stage."""
+    n_groups = len(learn.splitter(learn.model))
+    by_stage = []
+    for stage in stages:
+        if stage.get("train_last") is None:
+            learn.unfreeze()
+        else:
+            learn.freeze_to(-stage["train_last"])
+        learn.fit_one_cycle(stage["epochs"], fastai_lr(stage, n_groups), wd=weight_decay)
+        by_stage.append([[float(v) for v in values] for values in learn.recorder.values])
+    return by_stage
+
+
+def with_validity(train: pd.DataFrame, valid: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([train.assign(is_valid=False), valid.assign(is_valid=True)], ignore_index=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    s = json.loads((args.data / "settings.json").read_text())
+    itos = json.loads((args.data / "itos.json").read_text())
+    read = {name: pd.read_parquet(args.data / f"{name}.parquet") for name in ("lm_train", "lm_valid", "clas_train", "clas_valid")}
+    sizes = dict(emb_sz=s["embedding_size"], n_hid=s["hidden_size"], n_layers=s["num_hidden_layers"])
+    started = time.time()
+
+    set_seed(args.seed)
+    dls = TextDataLoaders.from_df(with_validity(read["lm_train"], read["lm_valid"]), text_col="text", is_lm=True,
+                                  valid_col="is_valid", text_vocab=itos, bs=s["lm_batch_size"], seq_len=s["bptt"],
+                                  path=args.data, seed=args.seed)
+    learn = language_model_learner(dls, AWD_LSTM, config=dict(awd_lstm_lm_config, **sizes), drop_mult=s["lm_drop_mult"],
+                                   pretrained=False, metrics=[accuracy, Perplexity()], path=args.data)
+    with learn.no_bar():
+        lm_values = fit_stages(learn, s["lm_stages"], s["lm_weight_decay"])
+    learn.save_encoder(f"encoder_{args.seed}")
+    lm = [{"epoch": epoch, "loss": values[1], "accuracy": values[2], "perplexity": values[3]}
+          for epoch, values in enumerate((v for stage in lm_values for v in stage), start=1)]
+
+    set_seed(args.seed)
+    clas = read["clas_train"], read["clas_valid"]
+    dls_c = TextDataLoaders.from_df(with_validity(*clas).assign(label=lambda df: df.label.map({0: "neg", 1: "pos"})),
+                                    text_col="text", label_col="label", valid_col="is_valid", text_vocab=itos,
+                                    bs=s["clas_batch_size"], seq_len=s["bptt"], path=args.data, seed=args.seed)
+    learn_c = text_classifier_learner(dls_c, AWD_LSTM, config=dict(awd_lstm_clas_config, **sizes),
+                                      drop_mult=s["clas_drop_mult"], seq_len=s["bptt"], max_len=s["max_len"], pretrained=False,
+                                      metrics=accuracy, path=args.data)
+    learn_c.load_encoder(f"encoder_{args.seed}")
+    with learn_c.no_bar():
+        clas_values = fit_stages(learn_c, s["clas_stages"], s["clas_weight_decay"])
+    classifier = [{"stage": stage, "epoch": epoch, "accuracy": values[2]}
+                  for stage, stage_values in enumerate(clas_values) for epoch, values in enumerate(stage_values, start=1)]
+
+    result = {"lm": lm, "classifier": classifier, "lm_train_tokens": int(sum(dls.train.lens)),
+              "vocab_size": len(dls.vocab), "seconds": round(time.time() - started, 1)}
+    args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
