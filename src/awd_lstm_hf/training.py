@@ -373,7 +373,6 @@ def fit_one_cycle(
     return trainer, result.metrics
 
 
-
 def transfer_language_model(pretrained: AWDLSTMForCausalLM, old_vocab: Sequence[str], new_vocab: Sequence[str],
                             **config_overrides) -> AWDLSTMForCausalLM:
     """fastai's `match_embeds`: a copy of PRETRAINED (vocabulary OLD_VOCAB) for NEW_VOCAB. A word's embedding
