@@ -19,6 +19,7 @@ from test_convert_and_load import cases, fastai_dir, load_script  # noqa: F401 (
 
 TOL = 1e-5
 LEARN_SAVE_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "fastai_learn_save"
+V1_HEAD_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "fastai_v1_head"
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,8 @@ def learn_save(state: dict, L) -> dict:
 
 def v1_layout(state: dict) -> dict:
     """A fastai v1-era state_dict: a derived `rnns.N.module.weight_hh_l0` after each `weight_ih_l0` (here
-    a dropped-out copy, which must not be read) and a flat head `1.layers.M` whose Linears have a bias."""
+    a dropped-out copy, which must not be read) and a flat head `1.layers.M` whose Linears have a bias
+    (zeros here, so that the shared fixture's logits hold; fixtures/fastai_v1_head has non-zero ones)."""
     out, linear = {}, 0
     for key, tensor in state.items():
         if key.startswith("1.layers."):
@@ -142,6 +144,49 @@ def test_learn_save_files_written_by_fastai_give_its_logits():
                                           "classification").model
         assert classifier.config.classifier_hidden_sizes == [6]
         assert (classifier(cases["clas_x"]).logits - cases["clas_y"]).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("layout", ["default_ps", "last_p0"])
+def test_v1_head_with_linear_biases_gives_fastai_logits(layout, tmp_path, fastai_dir, cases, clas_state):
+    """fastai v1's `bn_drop_lin` Linears carry a bias: converted into `classifier_bias`, the model gives the
+    logits fastai computed with that v1 head (fixtures/fastai_v1_head), also after a save/load round trip."""
+    v1 = torch.load(V1_HEAD_FIXTURE / "cases.pt", weights_only=True)
+    head = v1["heads"][layout]
+    torch.save({**{k: v for k, v in v1_layout(clas_state).items() if k.startswith("0.")}, **head}, tmp_path / "clas.pth")
+    model = convert_fastai_files(tmp_path / "clas.pth", fastai_dir / "itos.pkl", "classification",
+                                 **clas_overrides(cases)).model
+    assert model.config.classifier_bias and model.config.classifier_hidden_sizes == [50]
+    last = "1.layers.6" if layout == "default_ps" else "1.layers.5"
+    assert torch.equal(model.classifier.blocks[0].linear.bias, head["1.layers.2.bias"])
+    assert torch.equal(model.classifier.blocks[1].linear.bias, head[f"{last}.bias"])
+    x = cases["clas_x"]
+    with torch.no_grad():
+        logits = model(x, attention_mask=(x != 1).long()).logits
+        assert (logits - v1["clas_y_single"]).abs().max() <= TOL
+        model.save_pretrained(tmp_path / "out")
+        reloaded = type(model).from_pretrained(tmp_path / "out").eval()
+        assert torch.equal(reloaded(x, attention_mask=(x != 1).long()).logits, logits)
+
+
+def test_v1_head_block_adds_its_bias_after_the_dropout(cases, clas_state):
+    """In training too the block is v1's BatchNorm1d, Dropout, Linear(+bias), ReLU: same outputs and
+    gradients as those torch modules under the same dropout mask."""
+    v1 = torch.load(V1_HEAD_FIXTURE / "cases.pt", weights_only=True)["heads"]["default_ps"]
+    model = convert_fastai_checkpoint({**{k: v for k, v in clas_state.items() if k.startswith("0.")}, **v1},
+                                      "classification")
+    block = model.classifier.blocks[0].train()
+    reference = torch.nn.Sequential(torch.nn.BatchNorm1d(96), torch.nn.Dropout(0.3), torch.nn.Linear(96, 50),
+                                    torch.nn.ReLU()).train()
+    reference.load_state_dict({k.removeprefix("1.layers."): v for k, v in v1.items() if k.split(".")[2] in "02"})
+    x = torch.randn(6, 96, requires_grad=True)
+    torch.manual_seed(0)
+    ours = block(x, 0.3)
+    torch.manual_seed(0)
+    theirs = reference(x)
+    assert (theirs != 0).any() and torch.allclose(ours, theirs, atol=1e-6)
+    for ours_param, their_param in ((block.linear.bias, reference[2].bias), (x, x)):
+        assert torch.allclose(torch.autograd.grad(ours.square().sum(), ours_param, retain_graph=True)[0],
+                              torch.autograd.grad(theirs.square().sum(), their_param, retain_graph=True)[0], atol=1e-5)
 
 
 def test_encoder_file_as_language_model_has_tied_decoder_and_zero_bias(tmp_path, fastai_dir, cases, lm_state):
@@ -256,8 +301,11 @@ MALFORMED = {
     "linear without batch norm": ("classification", lambda lm, clas: {
         k: v for k, v in clas.items() if not k.startswith("1.layers.1.0.")}, "1.layers.1.2.weight: a head Linear "
         "without the BatchNorm1d"),
-    "v1 head bias": ("classification", lambda lm, clas: {**v1_layout(clas), "1.layers.6.bias": torch.ones(2)},
-                     "1.layers.6.bias: fastai v1's head Linear has a bias"),
+    "head mixing biased and bias-free Linears": ("classification", lambda lm, clas: {
+        k: v for k, v in v1_layout(clas).items() if k != "1.layers.6.bias"}, "1.layers.2.bias exists but "
+        "1.layers.6.bias does not: fastai gives every head Linear a bias (v1's bn_drop_lin) or none (v2's LinBnDrop)"),
+    "head linear bias shape": ("classification", lambda lm, clas: {**v1_layout(clas), "1.layers.6.bias": torch.ones(3)},
+                               "1.layers.6.bias has shape (3,), expected (2,)"),
 }
 
 

@@ -61,6 +61,8 @@ class AWDLSTMConfig(PreTrainedConfig):
         classifier_hidden_sizes: fastai `lin_ftrs` ([50]).
         classifier_dropouts: dropouts of the head blocks after the first; `None` gives fastai's 0.1 each
             (the first block uses `output_p * drop_mult`).
+        classifier_bias: whether the head's Linear layers have a bias: fastai v2's `LinBnDrop` has none
+            (`bias=not bn`), fastai v1's `bn_drop_lin` (converted v1 classifiers) has one.
     """
 
     model_type = "awd_lstm"
@@ -84,6 +86,7 @@ class AWDLSTMConfig(PreTrainedConfig):
     max_len: int | None = 1440
     classifier_hidden_sizes: list[int] | None = None
     classifier_dropouts: list[float] | None = None
+    classifier_bias: bool = False
     unk_token_id: int | None = 0
     pad_token_id: int | None = 1
     bos_token_id: int | None = 2

@@ -258,7 +258,10 @@ def _head_modules(state_dict) -> list[tuple[str, dict[str, torch.Tensor]]]:
 def _convert_head(state_dict, converted, config) -> set[str]:
     """Each head block is a BatchNorm1d followed by a Linear. Their indices depend on whether the block's
     dropout is 0 (fastai's index trap) and on the fastai version, so they are recognised by their
-    parameters: a BatchNorm has running stats, a Linear a 2-D weight."""
+    parameters: a BatchNorm has running stats, a Linear a 2-D weight. fastai v2's Linears (`LinBnDrop`,
+    `bias=not bn`) have no bias; v1's (`bn_drop_lin`, the same BatchNorm, Dropout, Linear order) all have
+    one, which our head holds with `classifier_bias`. (v2's `y_range` adds a SigmoidRange, which has no
+    parameters: it is not in the file and not converted.)"""
     modules = _head_modules(state_dict)
     if not modules:
         is_lm = "1.decoder.weight" in state_dict
@@ -266,7 +269,7 @@ def _convert_head(state_dict, converted, config) -> set[str]:
         raise CheckpointError(
             f"no classifier head found: expected keys '1.layers.N.M.*' (fastai v2) or '1.layers.M.*' (v1){hint}"
         )
-    widths, batch_norm = [3 * config["embedding_size"]], None
+    widths, batch_norm, first_linear = [3 * config["embedding_size"]], None, None
     for name, params in modules:
         if "running_mean" in params:
             if batch_norm is not None:
@@ -276,10 +279,16 @@ def _convert_head(state_dict, converted, config) -> set[str]:
         if params.get("weight") is None or params["weight"].dim() != 2:
             raise CheckpointError(f"{name}: neither a BatchNorm1d (running stats) nor a Linear (2-D weight)")
         if batch_norm is None:
-            raise CheckpointError(f"{name}.weight: a head Linear without the BatchNorm1d fastai puts before it")
-        if "bias" in params and params["bias"].any():
-            raise CheckpointError(f"{name}.bias: fastai v1's head Linear has a bias, ours (fastai v2's LinBnDrop) "
-                                  "has none, so a non-zero bias cannot be converted")
+            raise CheckpointError(f"{name}.weight: a head Linear without the BatchNorm1d fastai puts before it; our "
+                                  "head blocks always normalise first (PoolingLinearClassifier's LinBnDrop/bn_drop_lin), "
+                                  "so a head built with bn=False cannot be represented")
+        first_linear = first_linear or (name, "bias" in params)
+        if ("bias" in params) != first_linear[1]:
+            with_bias, without = (name, first_linear[0]) if "bias" in params else (first_linear[0], name)
+            raise CheckpointError(
+                f"{with_bias}.bias exists but {without}.bias does not: fastai gives every head Linear a bias (v1's "
+                "bn_drop_lin) or none (v2's LinBnDrop); our head has one setting for all blocks (classifier_bias), "
+                "so a head mixing both cannot be represented")
         index, n_in = len(widths) - 1, widths[-1]
         bn_name, bn_params = batch_norm
         for param in _BATCH_NORM_PARAMS:
@@ -291,12 +300,16 @@ def _convert_head(state_dict, converted, config) -> set[str]:
         n_out = params["weight"].shape[0]
         _check_shape(f"{name}.weight", params["weight"], (n_out, n_in), f"head block {index} reads {n_in} features")
         converted[f"classifier.blocks.{index}.linear.weight"] = params["weight"]
+        if "bias" in params:
+            _check_shape(f"{name}.bias", params["bias"], (n_out,), f"head block {index} writes {n_out} features")
+            converted[f"classifier.blocks.{index}.linear.bias"] = params["bias"]
         widths.append(n_out)
         batch_norm = None
     if batch_norm is not None:
         raise CheckpointError(f"{batch_norm[0]}: a BatchNorm1d without the Linear that should follow it")
     config["classifier_hidden_sizes"] = widths[1:-1]
     config["num_labels"] = widths[-1]
+    config["classifier_bias"] = first_linear[1]
     return {key for key in state_dict if _HEAD_KEY.match(key)}
 
 

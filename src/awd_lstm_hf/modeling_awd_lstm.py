@@ -357,7 +357,7 @@ class AWDLSTMPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         """fastai's initialisation: embedding U(-0.1, 0.1) (pad row included), LSTM U(+-1/sqrt(hidden)),
-        decoder bias 0, head BatchNorm weight 1 and bias 1e-3, head Linear PyTorch's default."""
+        decoder bias 0, head BatchNorm weight 1 and bias 1e-3, head Linear (and its bias, if any) PyTorch's default."""
         if isinstance(module, nn.Embedding):
             init.uniform_(module.weight, -0.1, 0.1)
         elif isinstance(module, AWDLSTMLayer):
@@ -374,10 +374,13 @@ class AWDLSTMPreTrainedModel(PreTrainedModel):
             if isinstance(self, AWDLSTMForCausalLM) and module is self.lm_head:
                 if not self.config.tie_word_embeddings:
                     init.uniform_(module.weight, -0.1, 0.1)
+                if module.bias is not None:
+                    init.zeros_(module.bias)
             else:
                 init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-            if module.bias is not None:
-                init.zeros_(module.bias)
+                if module.bias is not None:  # a v1-style head Linear (classifier_bias): PyTorch's default
+                    bound = 1 / math.sqrt(module.in_features)
+                    init.uniform_(module.bias, -bound, bound)
 
 
 class AWDLSTMModel(AWDLSTMPreTrainedModel):
@@ -729,12 +732,13 @@ class AWDLSTMForCausalLM(AWDLSTMPreTrainedModel, GenerationMixin):
 
 
 class AWDLSTMHeadBlock(nn.Module):
-    """fastai's `LinBnDrop`: BatchNorm1d, Dropout, Linear without bias, then ReLU except for the last block."""
+    """fastai's `LinBnDrop`: BatchNorm1d, Dropout, Linear without bias, then ReLU except for the last block
+    (with `bias`, fastai v1's `bn_drop_lin`, whose Linear adds its bias after the dropout)."""
 
-    def __init__(self, n_in: int, n_out: int, activation: bool):
+    def __init__(self, n_in: int, n_out: int, activation: bool, bias: bool = False):
         super().__init__()
         self.batch_norm = nn.BatchNorm1d(n_in)
-        self.linear = nn.Linear(n_in, n_out, bias=False)
+        self.linear = nn.Linear(n_in, n_out, bias=bias)
         self.activation = activation
 
     def forward(self, x: torch.Tensor, p: float) -> torch.Tensor:
@@ -764,7 +768,7 @@ class AWDLSTMClassificationHead(nn.Module):
         self.config = config
         sizes = [3 * config.embedding_size, *config.classifier_hidden_sizes, config.num_labels]
         self.blocks = nn.ModuleList(
-            AWDLSTMHeadBlock(n_in, n_out, activation=index < len(sizes) - 2)
+            AWDLSTMHeadBlock(n_in, n_out, activation=index < len(sizes) - 2, bias=config.classifier_bias)
             for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]))
         )
 
