@@ -27,12 +27,13 @@ from awd_lstm_hf.convert import CheckpointError, convert_fastai_files
 from awd_lstm_hf.export import model_card_text, push_to_hub, save_model_folder
 
 
-def convert(weights: Path, vocab: Path, task: str, out: Path, **config_overrides) -> Path:
-    """Write the model folder for `weights` + `vocab`; `config_overrides` are AWDLSTMConfig values."""
+def convert(weights: Path, vocab: Path, task: str, out: Path, model_id: str | None = None, **config_overrides) -> Path:
+    """Write the model folder for `weights` + `vocab`; `config_overrides` are AWDLSTMConfig values. The card
+    is titled `model_id` (the Hub repository it is pushed to), else the folder's name."""
     conversion = convert_fastai_files(weights, vocab, task, **config_overrides)
     built = "".join(f" Not in the file: {note}." for note in conversion.notes)
     card = model_card_text(
-        conversion.model, model_id=out.name, provenance=f"Converted from the fastai checkpoint `{weights.name}` "
+        conversion.model, model_id=model_id or out.name, provenance=f"Converted from the fastai checkpoint `{weights.name}` "
         f"with awd-lstm-hf's `scripts/convert_fastai_checkpoint.py` (dropouts: fastai's defaults for the task "
         f"unless given).{built}",
         results={},
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     overrides = {"bptt": args.bptt, "max_len": args.max_len, "num_labels": args.num_labels,
                  "classifier_hidden_sizes": args.lin_ftrs, **{key: getattr(args, key) for key in DROPOUT_KEYS}}
     try:
-        folder = convert(args.weights, args.vocab, args.task, args.out,
+        folder = convert(args.weights, args.vocab, args.task, args.out, model_id=args.push_to_hub,
                          **{key: value for key, value in overrides.items() if value is not None})
     except (CheckpointError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -253,7 +253,15 @@ def test_converter_pushes_the_converted_folder(fixtures_dir, fake_hub, tmp_path)
     assert [call[:2] for call in fake_hub.calls] == [("create_repo", "user/converted-lm"),
                                                     ("upload_folder", "user/converted-lm")]
     assert files_of(fake_hub.root / "user" / "converted-lm") == files_of(tmp_path / "lm")
-    assert ModelCard.load(fake_hub.root / "user" / "converted-lm" / "README.md").data.pipeline_tag == "text-generation"
+    card = ModelCard.load(fake_hub.root / "user" / "converted-lm" / "README.md")
+    assert card.data.pipeline_tag == "text-generation"
+    # titled by the repository it was pushed to, not by the local folder's name
+    assert card.data.model_name == "user/converted-lm" and "\n# user/converted-lm\n" in card.text
+    assert "# lm\n" not in card.text
+    assert load_script("convert_fastai_checkpoint").main([  # without --push_to_hub: the folder's name
+        "--weights", str(fastai_dir / "lm_model.pth"), "--vocab", str(fastai_dir / "itos.pkl"), "--task", "lm",
+        "--out", str(tmp_path / "local-lm")]) == 0
+    assert ModelCard.load(tmp_path / "local-lm" / "README.md").data.model_name == "local-lm"
 
 
 def test_an_incomplete_folder_is_not_pushed(fake_hub, tmp_path):
