@@ -90,8 +90,6 @@ def train_classifier(tmp_path, model, train, valid=None, batch_size=3, epochs=2,
     )
 
 
-@pytest.mark.xfail(strict=True, reason="fit_one_cycle sets dataloader_drop_last only for sequential sampling, and "
-                   "TrainingArguments applies it to evaluation too; training.py needs a training-only drop_last")
 def test_classifier_training_drops_the_last_incomplete_batch_like_fastai(tmp_path):
     """fastai's training DataLoader has drop_last=True (shuffle): 7 documents in batches of 3 give 2 full
     batches an epoch, never a last batch of one (whose BatchNorm statistics would be those of one row)."""
@@ -185,8 +183,6 @@ def test_evaluation_counts_every_document_once(tmp_path, batch_size):
     assert prediction.metrics["test_accuracy"] == pytest.approx(6 / 7, abs=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="transformers 5 evaluates with a LengthGroupedSampler when "
-                   "train_sampling_strategy='group_by_length'; ULMFiTTrainer (training.py) needs a sequential eval sampler")
 def test_classifier_trainer_predicts_in_dataset_order(tmp_path):
     """`predict` after `fit_one_cycle` returns row i for document i (fastai's get_preds reorders its sorted
     validation batches back), not the order of the length-grouped batches."""

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import has_length
 
 from .data import LMStreamDataset
 from .modeling_awd_lstm import AWDLSTMCache, AWDLSTMForCausalLM, AWDLSTMForSequenceClassification
@@ -198,6 +200,22 @@ class ULMFiTTrainer(Trainer):
         with torch.random.fork_rng(devices=[]):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
+    def get_train_dataloader(self):
+        """fastai drops the last incomplete batch of every training epoch (a BatchNorm head would otherwise
+        normalise a batch of one row); evaluation keeps every document (Trainer has one flag for both)."""
+        drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, True
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.args.dataloader_drop_last = drop_last
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation and `predict` in dataset order, as fastai's `get_preds` returns them (train.py sorts its
+        evaluation sets by length itself); Trainer would group them by length like the training batches."""
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
 
 class _ResetLMState(TrainerCallback):
     def __init__(self, trainer: "LMTrainer"):
@@ -353,7 +371,6 @@ def fit_one_cycle(
         save_strategy="no",
         report_to="none",
         logging_steps=25,
-        dataloader_drop_last=sampling == "sequential",
         remove_unused_columns=False,
         prediction_loss_only=compute_metrics is None,
         **mixed_precision(),
