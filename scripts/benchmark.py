@@ -19,6 +19,9 @@ Evaluation (`--model` and/or `--lm`, offline with the metric modules of `awd_lst
   one (e.g. a converted checkpoint), on the classification test reviews above, which the LM may have
   seen. `--heldout_docs N` takes the first N. Plus reviews/s and tokens/s.
 - `--update-card` writes each folder's results into its model card (table and `model-index`).
+- The reviews come from the IMDB copy train.py recorded in the folders' `training_settings.json` (the
+  held-out and test reviews are defined on it); `--dataset` is needed only for folders without one, and
+  a `--dataset` that differs from the recorded one is used with a warning.
 
 Generation: tokens/s of `model.generate` (sampling, temperature 0.75, as fastai's `predict`) at 40 and
 400 new tokens, batch 1 and 16, on a model of the `cpu` preset's sizes with random weights (speed does
@@ -39,6 +42,7 @@ import os
 import statistics
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import evaluate
@@ -220,8 +224,54 @@ def perplexity_benchmark(lm_dir: Path, reviews, about: str, batch_size: int) -> 
     }
 
 
+def recorded_dataset(folder: Path | None) -> str | None:
+    """The `--dataset` train.py was given for the model folder, from its training settings (None without)."""
+    settings_file = folder / TRAINING_SETTINGS if folder else None
+    if settings_file is None or not settings_file.is_file():
+        return None
+    return json.loads(settings_file.read_text()).get("dataset")
+
+
+def _is_local_path(dataset: str) -> bool:
+    """A folder name rather than a Hub id (`owner/name`, at most one slash)."""
+    return Path(dataset).expanduser().is_absolute() or dataset.startswith((".", "~")) or dataset.count("/") > 1
+
+
+def same_dataset(a: str, b: str) -> bool:
+    """The same Hub id, or paths to the same folder (a relative one read from the working directory)."""
+    if a == b:
+        return True
+    a_path, b_path = Path(a).expanduser(), Path(b).expanduser()
+    return a_path.is_dir() and b_path.is_dir() and a_path.resolve() == b_path.resolve()
+
+
+def evaluation_dataset(args) -> str:
+    """The IMDB copy to evaluate on: the one train.py recorded for the folders, since their held-out LM
+    reviews and test sample are drawn from it; an explicit `--dataset` that differs wins, with a warning."""
+    recorded = {folder: dataset for folder in dict.fromkeys(f for f in (args.lm, args.model) if f)
+                if (dataset := recorded_dataset(folder)) is not None}
+    if args.dataset is not None:
+        for folder, dataset in recorded.items():
+            if not same_dataset(dataset, args.dataset):
+                warnings.warn(
+                    f"--dataset {args.dataset} differs from the dataset {dataset!r} that train.py recorded in "
+                    f"{folder / TRAINING_SETTINGS}: evaluating on {args.dataset}, so the held-out LM reviews and "
+                    "the test sample are drawn from it and may not be those the model was held out from or "
+                    "tested on (leave out --dataset to use the recorded one)", UserWarning, stacklevel=2)
+        return args.dataset
+    datasets = list(dict.fromkeys(recorded.values()))
+    if len(datasets) > 1:
+        raise SystemExit(f"the model folders record different datasets ({recorded}); choose one with --dataset")
+    if not datasets:
+        return IMDB_HUB_ID
+    if _is_local_path(datasets[0]) and not Path(datasets[0]).expanduser().is_dir():
+        raise SystemExit(f"the dataset recorded in {next(iter(recorded)) / TRAINING_SETTINGS}, {datasets[0]!r}, is "
+                         f"not a folder seen from {Path.cwd()} (train.py ran elsewhere?); give it with --dataset")
+    return datasets[0]
+
+
 def evaluation_benchmark(args) -> list[dict]:
-    imdb = load_imdb(args.dataset)
+    imdb = load_imdb(evaluation_dataset(args))
     reviews, about = imdb_test_reviews(imdb, args.test_docs, args.seed)
     rows = []
     if args.model:
@@ -261,7 +311,8 @@ def main(argv=None):
     evaluation = parser.add_argument_group("evaluation of model folders (instead of generation speed)")
     evaluation.add_argument("--model", type=Path, help="a classifier folder: accuracy, F1, throughput on IMDB test")
     evaluation.add_argument("--lm", type=Path, help="a language-model folder: perplexity on held-out reviews")
-    evaluation.add_argument("--dataset", default=IMDB_HUB_ID, help="IMDB: Hub id or a local copy")
+    evaluation.add_argument("--dataset", help="IMDB: Hub id or a local copy (default: the one the folders' "
+                            f"training_settings.json records, else {IMDB_HUB_ID})")
     evaluation.add_argument("--test_docs", type=int, help="a sample of this many test reviews (default: all)")
     evaluation.add_argument("--heldout_docs", type=int, help="perplexity on the first N held-out reviews (default: all)")
     evaluation.add_argument("--seed", type=int, default=42, help="of the test sample (train.py's default seed)")

@@ -94,8 +94,11 @@ def random_review(rng: np.random.Generator, n_words: int) -> str:
 def tiny_imdb(tmp_path_factory) -> Path:
     """A folder laid out like the IMDB mirror (train/test/unsupervised parquet files and its configs), with
     random reviews; one test review is long (over 600 tokens), so truncation would show."""
-    root = tmp_path_factory.mktemp("tiny_imdb")
-    rng = np.random.default_rng(0)
+    return write_tiny_imdb(tmp_path_factory.mktemp("tiny_imdb"), seed=0)
+
+
+def write_tiny_imdb(root: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
     features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
     for split, n, label in (("train", 60, None), ("test", 40, None), ("unsupervised", 20, -1)):
         texts = [random_review(rng, int(rng.integers(5, 60))) for _ in range(n)]
@@ -323,6 +326,43 @@ def test_benchmark_evaluates_the_folders_and_updates_their_cards(trained, tiny_i
         assert any(r.dataset_split is None for r in card.data.eval_results)  # training's results are kept
         assert f"| {next(iter(measured.values()))} |" in card.text and "Not run yet" not in card.text
         assert str(folder) not in card.text
+
+
+def test_benchmark_reads_the_dataset_the_folder_records(trained, tiny_imdb, tmp_path, monkeypatch, recwarn):
+    """Without --dataset the held-out reviews come from the IMDB copy train.py recorded (also as a relative
+    path, read from the working directory, equal to the same folder given absolutely: no warning); an
+    explicit --dataset that differs is used, with a warning; a recorded folder that is not there is an error."""
+    run, _ = trained
+    lm = shutil.copytree(run / "lm", tmp_path / "lm")
+    settings = json.loads((lm / "training_settings.json").read_text())
+    assert settings["dataset"] == str(tiny_imdb)
+    benchmark = load_script("benchmark")
+
+    def perplexity(*extra):
+        benchmark.main(["--lm", str(lm), "--heldout_docs", "3", "--out", str(tmp_path / "out"), *extra])
+        return json.loads((tmp_path / "out" / "benchmark.json").read_text())["results"][0]["perplexity"]
+
+    def heldout_perplexity(dataset):
+        texts = lm_corpus(load_imdb(dataset), max_docs=settings["settings"]["lm_docs"], valid_pct=0.1,
+                          seed=settings["seed"])[1]["text"][:3]
+        return round(metrics.load("perplexity").compute(predictions=texts, model=str(lm))["perplexity"], 2)
+
+    recorded = heldout_perplexity(tiny_imdb)
+    assert perplexity() == recorded  # no --dataset: the recorded one, not the Hub id (offline here)
+    monkeypatch.chdir(tiny_imdb.parent)
+    settings_file = lm / "training_settings.json"
+    settings_file.write_text(json.dumps({**settings, "dataset": f"./{tiny_imdb.name}"}))
+    assert perplexity() == perplexity("--dataset", str(tiny_imdb)) == recorded
+    assert not [w for w in recwarn if "differs from the dataset" in str(w.message)]
+
+    other = write_tiny_imdb(tmp_path / "other_imdb", seed=1)
+    with pytest.warns(UserWarning, match=rf"--dataset {other} differs from the dataset './{tiny_imdb.name}' that "
+                      rf"train.py recorded in {lm / 'training_settings.json'}: evaluating on {other}"):
+        assert perplexity("--dataset", str(other)) == heldout_perplexity(other) != recorded
+
+    settings_file.write_text(json.dumps({**settings, "dataset": "../elsewhere/imdb"}))
+    with pytest.raises(SystemExit, match=r"'../elsewhere/imdb', is not a folder seen from .*give it with --dataset"):
+        perplexity()
 
 
 def test_benchmark_on_a_folder_without_training_settings_uses_the_test_reviews(trained, tiny_imdb, tmp_path):
