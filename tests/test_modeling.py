@@ -238,6 +238,39 @@ def test_decoder_cross_entropy_equals_full_logits(chunk_size, bias, divisor):
         assert (got - want).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_decoder_cross_entropy_under_bf16_autocast_multiplies_in_bf16_and_sums_in_float32(bias):
+    """Under autocast the three products are bf16 (operands and results, as autocast runs a Linear); softmax,
+    loss and the sums over chunks stay float32: the loss equals a float64 computation from the bf16 logits,
+    the gradients agree with it to bf16's precision."""
+    torch.manual_seed(0)
+    decoder = torch.nn.Linear(8, 50, bias=bias)
+    hidden = torch.randn(3, 7, 8, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 7))
+    targets[0, :3] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = decoder_cross_entropy(hidden, decoder, targets, chunk_size=5)
+    loss.backward()
+    assert loss.dtype == torch.float32 and hidden.grad.dtype == decoder.weight.grad.dtype == torch.float32
+
+    def bf16(x):
+        return x.detach().bfloat16().double()
+
+    h, w = bf16(hidden).reshape(-1, 8), bf16(decoder.weight)
+    logits = bf16(h @ w.T) + (decoder.bias.detach().double() if bias else 0)
+    valid = targets.reshape(-1) != -100
+    log_probs = logits.log_softmax(1)
+    count = valid.sum()
+    expected = -log_probs[valid].gather(1, targets.reshape(-1)[valid, None]).sum() / count
+    grad_logits = log_probs.exp() - torch.nn.functional.one_hot(targets.reshape(-1).clamp(min=0), 50)
+    grad_logits[~valid] = 0
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    torch.testing.assert_close(hidden.grad.reshape(-1, 8).double(), grad_logits @ w / count, rtol=1e-2, atol=1e-4)
+    torch.testing.assert_close(decoder.weight.grad.double(), grad_logits.T @ h / count, rtol=1e-2, atol=1e-4)
+    if bias:  # summed in float32 from the float32 softmax
+        torch.testing.assert_close(decoder.bias.grad.double(), grad_logits.sum(0) / count, rtol=1e-5, atol=1e-6)
+
+
 def test_decoder_cross_entropy_leaves_frozen_weights_and_no_grad_alone():
     decoder = torch.nn.Linear(8, 50)
     decoder.weight.requires_grad_(False)

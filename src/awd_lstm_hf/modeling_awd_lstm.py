@@ -525,38 +525,42 @@ class AWDLSTMModel(AWDLSTMPreTrainedModel):
 class _ChunkedDecoderCrossEntropy(torch.autograd.Function):
     """Cross-entropy of `hidden @ weight.T + bias` computed a block of rows at a time, with the gradients
     worked out in the same pass (softmax minus one-hot), so vocabulary-sized logits never exist for the
-    whole batch: about twice as fast on CPU as logits + `F.cross_entropy`, and far less memory. float32
-    inside, whatever the autocast state."""
+    whole batch: about twice as fast on CPU as logits + `F.cross_entropy`, and far less memory. The three
+    matrix products run in `matmul_dtype` (the autocast dtype, as autocast runs a Linear; bf16 products are
+    ~3x faster on CPUs with native bf16), everything else (softmax, loss, accumulated gradients) in float32."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, divisor, chunk_size, grad_enabled):
+    def forward(ctx, hidden, weight, bias, targets, divisor, chunk_size, grad_enabled, matmul_dtype):
         with torch.autocast(hidden.device.type, enabled=False):
-            h, w = hidden.float(), weight.float()
+            h, w = hidden.to(matmul_dtype), weight.to(matmul_dtype)
             b = bias.float() if bias is not None else None
-            total = h.new_zeros(())
+            total = h.new_zeros((), dtype=torch.float32)
             needs_h, needs_w, needs_b = (grad_enabled and needed for needed in ctx.needs_input_grad[:3])
-            grad_h = torch.zeros_like(h) if needs_h else None
-            grad_w = torch.zeros_like(w) if needs_w else None
+            grad_h = torch.zeros_like(h, dtype=torch.float32) if needs_h else None
+            grad_w = torch.zeros_like(w, dtype=torch.float32) if needs_w else None
             grad_b = torch.zeros_like(b) if needs_b else None
             for start in range(0, h.shape[0], chunk_size):
                 rows = slice(start, start + chunk_size)
                 h_rows, t_rows = h[rows], targets[rows]
                 valid = t_rows != -100
                 safe_targets = t_rows.clamp(min=0)
-                logits = h_rows @ w.t() if b is None else torch.addmm(b, h_rows, w.t())
-                log_norm = torch.logsumexp(logits, dim=1)
-                target_logits = logits.gather(1, safe_targets[:, None]).squeeze(1)
-                total += ((log_norm - target_logits) * valid).sum()
+                logits = (h_rows @ w.t()).float()
+                if b is not None:
+                    logits += b
+                log_probs = torch.log_softmax(logits, dim=1)
+                total -= (log_probs.gather(1, safe_targets[:, None]).squeeze(1) * valid).sum()
                 # d(loss)/d(logits) = softmax - one_hot, zero on ignored rows
-                grad_logits = logits.sub_(log_norm[:, None]).exp_()
+                grad_logits = log_probs.exp_()
                 grad_logits[torch.arange(len(t_rows), device=h.device), safe_targets] -= 1
-                grad_logits *= valid[:, None]
+                if not bool(valid.all()):
+                    grad_logits[~valid] = 0
+                if grad_b is not None:
+                    grad_b += grad_logits.sum(0)
+                grad_logits = grad_logits.to(matmul_dtype)
                 if grad_h is not None:
                     grad_h[rows] = grad_logits @ w
                 if grad_w is not None:
-                    grad_w.addmm_(grad_logits.t(), h_rows)
-                if grad_b is not None:
-                    grad_b += grad_logits.sum(0)
+                    grad_w += grad_logits.t() @ h_rows
         ctx.grads = [g / divisor if g is not None else None for g in (grad_h, grad_w, grad_b)]
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         return total / divisor
@@ -565,7 +569,7 @@ class _ChunkedDecoderCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         grads = [g.mul_(grad_output).to(dtype) if g is not None else None for g, dtype in zip(ctx.grads, ctx.dtypes)]
         ctx.grads = None
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 def decoder_cross_entropy(
@@ -586,8 +590,10 @@ def decoder_cross_entropy(
         flat_logits = logits.reshape(-1, logits.shape[-1]).float()
         return F.cross_entropy(flat_logits, targets, ignore_index=-100, reduction="sum") / divisor
     hidden = hidden.reshape(-1, hidden.shape[-1])
+    device = hidden.device.type
+    matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
     return _ChunkedDecoderCrossEntropy.apply(
-        hidden, decoder.weight, decoder.bias, targets, divisor, chunk_size, torch.is_grad_enabled()
+        hidden, decoder.weight, decoder.bias, targets, divisor, chunk_size, torch.is_grad_enabled(), matmul_dtype
     )
 
 
