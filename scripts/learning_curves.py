@@ -14,6 +14,7 @@ are read back, so an interrupted comparison continues where it stopped.
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def run_ours(args, seed: int) -> Path:
     out = args.output_dir / f"ours_seed{seed}"
     if not (out / "metrics.json").is_file():
         subprocess.run([sys.executable, str(SCRIPTS / "train.py"), "--preset", args.preset, "--dataset", args.dataset,
-                        "--output_dir", str(out), "--seed", str(seed)], check=True)
+                        "--output_dir", str(out), "--seed", str(seed)], check=True,
+                       env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
     return out
 
 
@@ -56,7 +58,7 @@ def run_fastai(args, imdb, ours: Path, seed: int) -> dict:
         data = args.output_dir / f"data_seed{seed}"
         export_for_fastai(imdb, ours, seed, data)
         subprocess.run([args.fastai_python, str(SCRIPTS / "fastai_learning_curve.py"), str(data), "--seed", str(seed),
-                        "--json", str(result)], check=True)
+                        "--threads", str(args.threads), "--json", str(result)], check=True)
     return json.loads(result.read_text())
 
 
@@ -108,6 +110,7 @@ def main(argv=None):
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--preset", default="parity")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each side's process")
     args = parser.parse_args(argv)
     imdb = load_imdb(args.dataset)
     by_seed = {}
