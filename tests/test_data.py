@@ -1,9 +1,13 @@
 """Tests for `awd_lstm_hf.data`: loading, tokenization passes, splits, the LM stream and collation."""
 
+import http.server
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +16,8 @@ import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard, DataLoaderShard, prepare_data_loader
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets.exceptions import DatasetNotFoundError
+from huggingface_hub.errors import HfHubHTTPError
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, default_collate
 
 from awd_lstm_hf import data
@@ -316,6 +322,125 @@ def test_load_imdb_falls_back_to_mirror_when_hub_unreachable(tmp_path, monkeypat
     assert len(dsdict["train"]) == 2
     with pytest.raises(ConnectionError):  # no mirror fallback for other datasets
         load_imdb("someone/other-dataset")
+
+
+class StandInHub:
+    """A local HTTP server in the Hub's place (datasets' endpoint points at it) answering every request
+    with one status and headers: a proxy's or gateway's error, a captive portal's page, or the Hub's own
+    "no such repository" / "gated" / "bad token" answers."""
+
+    def __init__(self, status: int, headers: dict[str, str]):
+        reply = (status, headers)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self):
+                body = b"<html>not the Hub</html>"
+                self.send_response(reply[0])
+                for name, value in {**reply[1], "Content-Length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = do_POST = answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens there once closed
+
+
+HUB_ANSWERS = {  # name: (status, headers) of the stand-in; None: nothing listening
+    "gateway error 502": (502, {}),
+    "proxy authentication 407": (407, {}),
+    "service unavailable 503": (503, {}),
+    "captive portal page (not served by the Hub)": (200, {"Content-Type": "text/html"}),
+    "connection refused": None,
+    "no such dataset 404": (404, {"X-Error-Code": "RepoNotFound"}),
+    "gated dataset": (403, {"X-Error-Code": "GatedRepo"}),
+    "bad token 401": (401, {}),
+}
+UNREACHABLE = ["gateway error 502", "proxy authentication 407", "service unavailable 503",
+               "captive portal page (not served by the Hub)", "connection refused"]
+
+
+@pytest.fixture
+def hub_stand_in(tmp_path, monkeypatch):
+    """`load_dataset` online (the test session runs offline) against a stand-in Hub, with empty caches, no
+    retry waits, and a small IMDB-like mirror to fall back to. Returns a function that sets the answer."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "train.csv").write_text("text,label\ngood film,1\nbad film,0\n")
+    monkeypatch.setattr(data, "_mirror_candidates", lambda: [mirror])
+    for module, name in ((datasets.config, "HF_HUB_OFFLINE"), (huggingface_hub.constants, "HF_HUB_OFFLINE")):
+        monkeypatch.setattr(module, name, False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # huggingface_hub's retry back-off
+    servers = []
+
+    def answer(name: str) -> None:
+        if HUB_ANSWERS[name] is None:
+            url = closed_port_url()
+        else:
+            servers.append(StandInHub(*HUB_ANSWERS[name]))
+            url = servers[-1].url
+        monkeypatch.setattr(datasets.config, "HF_ENDPOINT", url)
+
+    yield answer
+    for server in servers:
+        server.close()
+
+
+@pytest.mark.parametrize("answer", UNREACHABLE)
+def test_load_imdb_falls_back_when_the_hub_cannot_be_reached(answer, hub_stand_in, caplog):
+    hub_stand_in(answer)
+    with caplog.at_level(logging.WARNING, logger="awd_lstm_hf.data"):
+        assert load_imdb()["train"]["text"] == ["good film", "bad film"]
+    assert "Could not reach the Hugging Face Hub for 'stanfordnlp/imdb'" in caplog.text and "mirror" in caplog.text
+    with pytest.raises(Exception) as error:  # another dataset's name gets no mirror: the error itself
+        load_imdb("someone/other-dataset")
+    assert data.hub_unreachable(error.value)
+
+
+@pytest.mark.parametrize("answer", ["no such dataset 404", "gated dataset", "bad token 401"])
+def test_load_imdb_raises_what_a_reachable_hub_answers(answer, hub_stand_in, caplog):
+    hub_stand_in(answer)
+    expected = HfHubHTTPError if answer == "bad token 401" else DatasetNotFoundError
+    for name in (data.IMDB_HUB_ID, "stanfordnlp/imbd"):  # also a misspelt name
+        with pytest.raises(expected) as error:
+            load_imdb(name)
+        assert not data.hub_unreachable(error.value)
+    if answer == "gated dataset":
+        assert "gated" in str(error.value)
+    assert "mirror" not in caplog.text
+
+
+def test_load_imdb_falls_back_in_offline_mode(hub_stand_in, monkeypatch):
+    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE (as this test session runs): nothing is requested."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    hub_stand_in("bad token 401")  # would be a real error, were it asked
+    for offline in ((True, False), (False, True)):
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", offline[0])
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline[1])
+        assert load_imdb()["train"]["label"] == [1, 0]
 
 
 def test_load_imdb_requires_a_text_column(tmp_path):

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata
 import logging
 import math
@@ -25,6 +26,11 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets, load_dataset
+from datasets import config as datasets_config
+from datasets.exceptions import DatasetNotFoundError
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import (LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+                                    RevisionNotFoundError)
 from datasets.arrow_dataset import Column
 
 from . import tokenization_awd_lstm
@@ -49,12 +55,50 @@ def _mirror_candidates() -> list[Path]:
     return [path.resolve() for path in candidates if path.is_dir()]
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean a request never got an answer from the Hub (whichever HTTP client raised them)."""
+    errors = [ConnectionError, TimeoutError, OfflineModeIsEnabled, LocalEntryNotFoundError]
+    for module, names in (("httpx", ("TransportError",)), ("httpx2", ("TransportError",)),
+                          ("requests.exceptions", ("ConnectionError", "Timeout"))):
+        try:
+            imported = importlib.import_module(module)
+        except ImportError:
+            continue
+        errors += [getattr(imported, name) for name in names if hasattr(imported, name)]
+    return tuple(errors)
+
+
+def hub_unreachable(error: BaseException) -> bool:
+    """Whether a `load_dataset` error means the Hub could not be asked (offline mode, no network, a proxy's
+    or gateway's HTTP error: 407 or 5xx, a response not served by the Hub) rather than that it answered no
+    (no such dataset or revision, gated, 401 bad token), which must surface. datasets wraps the cause
+    differently per code path (a ConnectionError, or a FileNotFoundError whose context holds
+    huggingface_hub's LocalEntryNotFoundError), so the whole cause/context chain is read."""
+    offline = datasets_config.HF_HUB_OFFLINE or hf_constants.is_offline_mode()
+    transport_errors = _transport_errors()
+    pending, seen, unreachable = [error], set(), False
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        status = getattr(getattr(current, "response", None), "status_code", None)
+        if isinstance(current, (DatasetNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)) or status == 401:
+            return False  # the Hub answered (GatedRepoError is a RepositoryNotFoundError)
+        unreachable |= (isinstance(current, transport_errors) or status == 407
+                        or (isinstance(status, int) and status >= 500)
+                        or (offline and isinstance(current, FileNotFoundError)))  # offline: not in the cache
+        pending += [current.__cause__, current.__context__]
+    return unreachable
+
+
 def load_imdb(name_or_path: str | os.PathLike = IMDB_HUB_ID) -> DatasetDict:
     """Load IMDB (train/test/unsupervised) with `datasets.load_dataset`.
 
     An existing local folder is loaded as is. For the Hub id, a Hub that can't be reached (offline
-    mode, no network) falls back to the local mirror `../shared/data/imdb`, with a warning, so the
-    README commands also run on machines without Hub access.
+    mode, no network, a proxy error; see `hub_unreachable`) falls back to the local mirror
+    `../shared/data/imdb`, with a warning, so the README commands also run on machines without Hub
+    access. Any other error, and any error for another name, is raised.
     """
     path = Path(name_or_path)
     if path.is_dir():
@@ -62,13 +106,15 @@ def load_imdb(name_or_path: str | os.PathLike = IMDB_HUB_ID) -> DatasetDict:
     else:
         try:
             dsdict = load_dataset(str(name_or_path))
-        except ConnectionError:  # datasets raises it for offline mode and for unreachable hosts
+        except Exception as error:
             mirrors = _mirror_candidates() if str(name_or_path) in (IMDB_HUB_ID, "imdb") else []
-            if not mirrors:
+            if not mirrors or not hub_unreachable(error):
                 raise
             logger.warning(
-                "Could not reach the Hugging Face Hub for %r; using the local IMDB mirror %s instead.",
+                "Could not reach the Hugging Face Hub for %r (%s: %s); using the local IMDB mirror %s instead.",
                 str(name_or_path),
+                type(error).__name__,
+                str(error).splitlines()[0][:200] if str(error) else "",
                 mirrors[0],
             )
             dsdict = load_dataset(str(mirrors[0]))
