@@ -308,7 +308,7 @@ def test_decode_whole_document(text, decoded):
     tokenizer = tokenizer_covering(text)
     ids = tokenizer(text)["input_ids"]
     assert 0 not in ids
-    assert tokenizer.decode(ids) == decoded
+    assert tokenizer.decode(ids) == "xxbos " + decoded  # special tokens shown, as in transformers
     assert tokenizer.decode(ids, skip_special_tokens=True) == decoded
 
 
@@ -334,7 +334,8 @@ def test_decode_whole_document(text, decoded):
         (["xxbos", "ok", "xxmaj"], "ok"),
         (["xxbos", "he", "said", '"', "hi", '"', "and", "(", "left", ")", "."], 'he said "hi" and (left).'),
         (["xxbos", "good", "xxpad", "xxpad"], "good"),
-        (["xxbos", "it", "’s", "xxup", "ca", "n’t"], "it’s CAn’t"),
+        # xxup marks a whitespace-delimited chunk: "CAN’T" tokenizes back to xxup ca n’t ("CAn’t" would not).
+        (["xxbos", "it", "’s", "xxup", "ca", "n’t"], "it’s CAN’T"),
         ([], ""),
     ],
 )
@@ -357,7 +358,7 @@ def test_generated_continuation_appends_to_prompt():
 def test_skip_special_tokens_keeps_rule_markers(tokenizer):
     tokens = ["xxbos", "xxmaj", "it", "xxunk", "is", "xxup", "ok", "xxrep", "3", "!", "xxeos"]
     ids = tokenizer.convert_tokens_to_ids(tokens)
-    assert tokenizer.decode(ids) == "It xxunk is OK!!! xxeos"
+    assert tokenizer.decode(ids) == "xxbos It xxunk is OK!!! xxeos"
     assert tokenizer.decode(ids, skip_special_tokens=True) == "It is OK!!!"
     assert tokenizer.batch_decode([ids, ids[2:3]], skip_special_tokens=True) == ["It is OK!!!", " it"]
 

@@ -267,32 +267,79 @@ def read_itos(path: str | os.PathLike) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 # A token starting with one of these closes something or is trailing punctuation: no space before it.
-_NO_SPACE_BEFORE = frozenset(".,!?;:)]}%…”’»")
-# spec_add_spaces and spaCy's infixes split these out of words ('9/10', 'x-men'): join both neighbours.
-_JOINERS = frozenset(["/", "\\", "-"])
-# After one of these tokens the next token follows without a space ('$12', '(word', '#1').
-_NO_SPACE_AFTER = frozenset(["(", "[", "{", "“", "‘", "«", "$", "#"]) | _JOINERS
+_NO_SPACE_BEFORE = frozenset(".,!?;:)]}…”’»")
+# After one of these tokens the next token follows without a space ('$12', '(word', '#1', '9/10').
+_NO_SPACE_AFTER = frozenset(["(", "[", "{", "“", "‘", "«", "$", "#", "/", "\\"])
 # spaCy splits English clitics off their word ("do n't", "it 's"); glue them back.
 _CLITICS = frozenset(
     clitic.replace("'", apostrophe) for clitic in ("n't", "'s", "'m", "'re", "'ve", "'ll", "'d") for apostrophe in "'’"
 )
 _QUOTES = frozenset(['"', "'"])
+_SPLIT_TOKENS = frozenset(["/", "#", "\\"])
 
 
 def _is_whitespace_token(token: str) -> bool:
     return token.replace("▁", " ").isspace()
 
 
-def _detokenize(tokens: list[str]) -> str:
+def _glues_to_previous(chunk: tuple[str, ...], token: str) -> bool:
+    """Closing punctuation ('.', '…', ')') follows the previous word without a space where spaCy splits it
+    back off (its suffix rules: '@.' or 'ok%' stay one token, '100%' does not). A token that merely starts
+    with one ('.it', ':-)') was split by a space and would merge into the word. Without spaCy (decoding
+    only), any token made of closing punctuation is glued."""
+    if not set(token) <= _NO_SPACE_BEFORE | {"%"}:
+        return False
+    if spacy is None:
+        return token != "%"
+    return _spacy_splits(chunk, token)
+
+
+@functools.lru_cache(maxsize=65536)
+def _spacy_splits(chunk: tuple[str, ...], token: str) -> bool:
+    """Whether spaCy reads the tokens of a whitespace-delimited chunk followed by `token`, written without
+    spaces, back as those tokens (its suffix rules, exceptions such as the abbreviation 'a.', prefixes as in
+    "'s." = "'", "s."). False for an empty chunk."""
+    return bool(chunk) and [t.text for t in _spacy_tokenizer()("".join(chunk) + token)] == [*chunk, token]
+
+
+def _hyphen_splits_off(left: str | None, right: str) -> bool:
+    """Whether spaCy splits 'left-right' into left, '-', right: a hyphen between a letter or digit and a
+    letter ('x-men'; '9-10' and 'xxunk-ª' stay one token). Without spaCy, between ASCII letters or digits."""
+    if left is None or left in SPECIAL_TOKENS or right in SPECIAL_TOKENS:
+        return False
+    if spacy is None:
+        return left[-1:].isascii() and left[-1:].isalnum() and right[:1].isascii() and right[:1].isalpha()
+    return any(match.start() == len(left) and match.group() == "-"
+               for match in _spacy_tokenizer().infix_finditer(left + "-" + right))
+
+
+def _clitic_splits_off(chunk: tuple[str, ...], clitic: str) -> bool:
+    """Whether spaCy splits `clitic` back off the chunk before it written without a space: "'s" comes off
+    most words, the others only off the words of spaCy's exception table ("do|n't", "they|'re", "ca|n't");
+    "movien't" stays one token. Without spaCy (decoding only), clitics are glued to any word."""
+    return bool(chunk) and (spacy is None or _spacy_splits(chunk, clitic))
+
+
+def _detokenize(tokens: list[str], hidden: frozenset[str] = frozenset([BOS, PAD])) -> str:
     """Readable text from fastai tokens: undo the markers, glue punctuation, clitics and line breaks.
 
     A word-starting first token gets a leading space, since callers such as the text-generation
-    pipeline append the result to the prompt; a leading 'xxbos' (a whole document) means no space.
+    pipeline append the result to the prompt; a leading 'xxbos' or 'xxpad' (a whole, maybe padded,
+    document) means no space. Tokens in `hidden` are left out together with a case or repeat marker
+    before them (that marker was theirs); other special tokens are shown as words.
+
+    'xxup' capitalises the whole whitespace-delimited chunk it starts ("CAN'T", "X-MEN"), as fastai's
+    rule marks a chunk, not a spaCy token, so that tokenizing the decoded text gives the tokens back.
     """
     pieces = []
-    glue_next = False  # no space before the next token
+    glue_next = bool(tokens) and tokens[0] in (BOS, PAD)  # a whole document: no leading space
     case_marker = repeat_marker = None
     repeat_count = None
+    upper_chunk = False  # inside a chunk that 'xxup' put in capitals
+    after_hyphen = chunk_continues = lone_i = False
+    hyphen_left = None
+    chunk = ()  # the tokens written since the last space, which spaCy will read as one chunk
+    previous = None  # the last token shown as a word, None at the start or after whitespace
     open_quotes = set()
     for token in tokens:
         if repeat_marker is not None and repeat_count is None:
@@ -300,8 +347,8 @@ def _detokenize(tokens: list[str]) -> str:
                 repeat_count = int(token)
                 continue
             repeat_marker = None  # a marker without a count: drop it, keep the token
-        if token in (BOS, PAD):
-            glue_next = glue_next or (token == BOS and not pieces)  # a whole document: no leading space
+        if token in hidden:
+            case_marker = repeat_marker = None
             continue
         if token in (TK_MAJ, TK_UP):
             case_marker = token
@@ -313,39 +360,71 @@ def _detokenize(tokens: list[str]) -> str:
         if _is_whitespace_token(token):
             pieces.append(token.replace("▁", " "))
             glue_next = True
-            case_marker = repeat_marker = None
+            case_marker = repeat_marker = previous = None
+            chunk = ()
+            upper_chunk = lone_i = False
             continue
 
-        text = token
-        if case_marker == TK_MAJ:
-            text = text[:1].upper() + text[1:]
-        elif case_marker == TK_UP or text == "i":  # fastai lowers a lone 'I' without a marker
-            text = text.upper()
-        case_marker = None
-
-        space = not glue_next
-        glue_next = token in _NO_SPACE_AFTER
+        space = not glue_next and not (chunk_continues and token not in SPECIAL_TOKENS)
+        glue_next, chunk_continues = token in _NO_SPACE_AFTER, False
         if token in _QUOTES:
             if token in open_quotes:
                 open_quotes.remove(token)
-                space = False
+                space = pieces[-1][-1:] in _QUOTES  # '' or "" would be one token
             else:
                 open_quotes.add(token)
                 glue_next = True
-        elif token in _JOINERS or token[:1] in _NO_SPACE_BEFORE or token.lower() in _CLITICS:
-            space = False
+        elif token.lower() in _CLITICS:
+            # glued at the start of a continuation ("do" + "n't"), else only where spaCy splits it back off
+            space = space and bool(pieces) and not _clitic_splits_off(chunk, token)
+        elif token in ("/", "\\"):
+            space = False  # fastai's rules space out '/' and '\\' anyway: '9/10'
+        elif token == "-":
+            hyphen_left = previous  # glued to both neighbours once the next token shows spaCy splits it there
+        elif _glues_to_previous(chunk, token) or (not pieces and set(token) <= _NO_SPACE_BEFORE):
+            space = False  # also at the start of a continuation: ', and I loved it'
+        if case_marker is not None and pieces and not _is_whitespace_token(pieces[-1]):
+            # fastai's case rules only mark a chunk that starts after whitespace: "(Word" is never
+            # marked, so a marked word after '(' or a quote had a space before it.
+            space = True
+        elif after_hyphen and space and _hyphen_splits_off(hyphen_left, token):
+            pieces[-1], space = "-", False
+        after_hyphen = token == "-" and repeat_marker is None
+        if lone_i and not space:  # 'I.' is 'xxup i .' in fastai; an unmarked 'i' glued to '.' was 'i.'
+            pieces[-1] = pieces[-1].lower()
+        lone_i = token == "i" and case_marker is None and not upper_chunk
+        text = token
+        if (space and not after_hyphen) or token in _SPLIT_TOKENS:  # a joining hyphen stays in the chunk  # fastai spaces out '/', '#' and '\\' before its case rules
+            upper_chunk = False
+        if case_marker == TK_MAJ:
+            text = text[:1].upper() + text[1:]
+            # 'xxmaj' marks a chunk with lowercase letters after its capital ('A0t' is 'xxmaj a0 t'): when this
+            # token has none, the next token was in the chunk (unless it is unknown)
+            chunk_continues = not any(char.islower() for char in text[1:])
+        elif case_marker == TK_UP or upper_chunk or text == "i":  # fastai lowers a lone 'I' without a marker
+            # fastai only marks chunks of 2+ characters: the next token was in it (unless it is unknown)
+            chunk_continues = case_marker == TK_UP and len(text) == 1
+            text = text.upper()
+            upper_chunk = upper_chunk or case_marker == TK_UP
+        case_marker = None
 
-        if repeat_marker == TK_REP:
+        if repeat_marker == TK_REP and len(token) != 1:
+            text = f"{TK_REP} {repeat_count} {text}"  # fastai repeats one character: 'xxunk' can't be spelled out
+        elif repeat_marker == TK_REP:
             # 's xxrep 4 o' was 'soooo' and '1 xxrep 3 0' was '1000': a run of letters or digits
-            # most often continues the word before it.
-            if text.isalnum() and pieces and pieces[-1][-1:].isalnum():
+            # most often continues the word before it (not a special token shown as a word, nor one ending
+            # in the same character: fastai would have counted it in the run).
+            if (text.isalnum() and previous not in (None, *SPECIAL_TOKENS) and pieces[-1][-1:].isalnum()
+                    and pieces[-1][-1:] != text):
                 space = False
             text *= repeat_count
         elif repeat_marker == TK_WREP:
             text = " ".join([text] * repeat_count)
-        repeat_marker = None
+        repeated, repeat_marker = repeat_marker is not None, None
 
         pieces.append(" " + text if space else text)
+        previous = token
+        chunk = (token,) if space or repeated else (*chunk, token)
     return "".join(pieces)
 
 
@@ -491,12 +570,10 @@ class AWDLSTMTokenizer(PreTrainedTokenizer):
         tokens = self.convert_ids_to_tokens(token_ids)
         if isinstance(tokens, str):
             tokens = [tokens]
-        if skip_special_tokens:
-            # Keep xxbos and xxpad, which `convert_tokens_to_string` drops itself: a leading xxbos
-            # tells it that this is a whole document, decoded without a leading space.
-            skipped = set(self.all_special_tokens) - {BOS, PAD}
-            tokens = [token for token in tokens if token not in skipped]
-        text = self.convert_tokens_to_string(tokens)
+        # Like every transformers tokenizer, show the special tokens unless asked to skip them (all of them,
+        # 'xxbos' and 'xxpad' included); the rule markers are never skipped, they are read.
+        hidden = frozenset(self.all_special_tokens) if skip_special_tokens else frozenset()
+        text = _detokenize(tokens, hidden)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
         return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text

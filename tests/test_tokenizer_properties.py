@@ -1,0 +1,193 @@
+"""Property tests of AWDLSTMTokenizer on arbitrary text (hypothesis): it never raises, and decoding
+gives text that tokenizes back to the same tokens, unknown words as 'xxunk'.
+
+spaCy makes each example cost milliseconds, so the example counts are modest; hypothesis' database
+replays any failure it found first on the next run.
+"""
+
+import json
+import re
+from collections import Counter
+
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from awd_lstm_hf.tokenization_awd_lstm import (
+    SPECIAL_TOKENS,
+    TK_REP,
+    TK_WREP,
+    UNK,
+    AWDLSTMTokenizer,
+    _is_whitespace_token,
+    fastai_tokenize_batch,
+    read_itos_pickle,
+)
+
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Any text at all: every code point, lone surrogates, control characters and NUL included.
+ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()))
+# Text that looks like a review: words, punctuation, clitics, markup, special token strings and words of
+# any script (digits, emoji, combining marks, control characters, lone surrogates inside), joined by the
+# spacing people type.
+WORDS = st.sampled_from(["the", "movie", "was", "good", "I", "loved", "it", "Great", "BAD", "X-MEN", "9/10", "100%"])
+PUNCTUATION = st.sampled_from([".", ",", "!", "?", "...", "(", ")", '"', "'", "n't", "'s", "-", "$", "#", "<br />", "&amp;"])
+ODD = st.sampled_from(["xxbos", "xxpad", "xxunk", "xxeos", "xxfld", "xxfake", "😀", "e\u0301", "\x00", "\ud800"])
+WORDISH = st.text(st.characters(codec=None, categories=("L", "M", "N", "So", "Cc", "Cs")), min_size=1, max_size=6)
+SEPARATORS = st.sampled_from(["", " ", " ", "\n", "  "])
+
+
+def joined(pieces):
+    return st.lists(st.tuples(pieces, SEPARATORS), max_size=14).map(lambda pairs: "".join(p + sep for p, sep in pairs))
+
+
+REVIEWLIKE = joined(st.one_of(WORDS, PUNCTUATION, ODD, WORDISH))
+# Anything between the pieces too: arbitrary runs of symbols and punctuation.
+TEXTLIKE = joined(st.one_of(WORDS, PUNCTUATION, ODD, st.text(max_size=6)))
+# A literal rule marker in the input ('xxmaj', 'xxup', 'xxrep', 'xxwrep') is, after tokenizing, the same
+# token as the marker fastai's rules write, and decoding reads it as one: by design, as in fastai.
+RULE_MARKER_TEXT = re.compile("xx(maj|up|w?rep)", re.IGNORECASE)
+
+
+def repeated_word_run(tokens: list[str]) -> bool:
+    """A word three or more times in a row (only whitespace between). tokenize(x) never holds one (fastai's
+    word-repeat rule folded it), so decoding made it: distinct unknown words all became 'xxunk', or a
+    literal 'xxbos' followed the leading one. fastai folds it into 'xxwrep n ...' when the decoded text is
+    tokenized."""
+    words, rest = [], list(tokens)
+    while rest:  # 'xxwrep 3 w' counts as three w; a word is compared with its case marker ('XXUNK XXUNK')
+        if rest[0] == TK_WREP and len(rest) > 2 and rest[1].isdecimal():
+            count, rest = int(rest[1]), rest[2:]
+        else:
+            count = 1
+        marker = rest.pop(0) if rest[0] in ("xxup", "xxmaj") and len(rest) > 1 else None
+        words += [(marker, rest.pop(0))] * count
+    run, last = 0, None
+    for token in words:
+        if _is_whitespace_token(token[1]):
+            continue
+        run, last = (run + 1 if token == last else 1), token
+        if run >= 3:
+            return True
+    return False
+
+
+def unknown_in_one_letter_capital_chunk(tokens: list[str]) -> bool:
+    """'A:' is 'xxup a :' (fastai marks chunks of 2+ characters, so the decoder glues what follows a marked
+    one-letter token); when the rest of that chunk became the word 'xxunk', the chunk can't be rebuilt."""
+    for index, token in enumerate(tokens[:-1]):
+        if token == "xxup" and len(tokens[index + 1]) == 1:
+            for following in tokens[index + 2 :]:
+                if _is_whitespace_token(following):
+                    break
+                if following == UNK:
+                    return True
+    return False
+
+
+def stable_alone(tokens: list[str]) -> bool:
+    """Every word token tokenizes to itself on its own. spaCy splits a chunk from its ends, so a token it
+    kept whole only because of its neighbours ('æœ∑´' inside '…æœ∑´®', 'yx?' inside 'yx?®') splits when
+    decoding puts it between spaces: the decoder cannot know which neighbours were glued in the source."""
+    words = sorted({t for t in tokens if not _is_whitespace_token(t) and t not in SPECIAL_TOKENS})
+    return all(alone == ["xxbos", word] for word, alone in zip(words, fastai_tokenize_batch(words)))
+
+
+def repeat_counts(tokens: list[str]) -> set[str]:
+    return {count for marker, count in zip(tokens, tokens[1:]) if marker in (TK_REP, TK_WREP)}
+
+
+@PROPERTY
+@given(st.one_of(ANY_TEXT, TEXTLIKE))
+def test_tokenizer_never_raises_and_always_starts_with_bos(text):
+    tokenizer = AWDLSTMTokenizer.from_itos([*SPECIAL_TOKENS, "the", "movie", "."])
+    tokens = tokenizer.tokenize(text)
+    ids = tokenizer(text)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and len(ids) == len(tokens) + 1
+    assert ids[1:] == [tokenizer.convert_tokens_to_ids(t) for t in tokens]  # unknown tokens are 0 (xxunk)
+    assert all(isinstance(t, str) and t for t in tokens)
+    for skip in (False, True):
+        assert isinstance(tokenizer.decode(ids, skip_special_tokens=skip), str)
+
+
+@PROPERTY
+@given(REVIEWLIKE, st.data())
+def test_decoded_text_tokenizes_back_with_unknown_words_as_xxunk(text, data):
+    """tokenize(decode(encode(x))) == tokenize(x) with out-of-vocabulary tokens replaced by 'xxunk'.
+
+    The vocabulary holds every token of x but a drawn subset of its words, which become unknown. Outside
+    the property, by design: literal rule markers and '▁' in x, repeat counts missing from the vocabulary (the
+    marker can't be read without them), a word three times in a row made by decoding (see
+    `repeated_word_run`), a one-letter capital whose chunk's rest became unknown, words whose case mapping does not round-trip ('ß'.upper() is 'SS') and words spaCy only
+    kept whole because of their neighbours (see `stable_alone`). Arbitrary runs of symbols and punctuation
+    ('A( 0', 'A0t') are not drawn: the decoder guesses where the source had spaces from the tokens alone,
+    and spaCy splits such runs by context that the tokens do not keep."""
+    # A literal '▁' is the character fastai writes for spaces inside whitespace tokens: decoded as a space.
+    assume(not RULE_MARKER_TEXT.search(text) and "▁" not in text)
+    tokens = fastai_tokenize_batch([text])[0]
+    assume(all(t.upper().lower() == t for t in tokens) and stable_alone(tokens))
+    words = sorted({t for t in tokens if not _is_whitespace_token(t) and t not in SPECIAL_TOKENS} - repeat_counts(tokens))
+    unknown = set(data.draw(st.lists(st.sampled_from(words), unique=True))) if words else set()
+    tokenizer = AWDLSTMTokenizer.from_counts(Counter(t for t in tokens if t not in unknown), min_freq=1)
+    vocab = tokenizer.get_vocab()  # without 'xxfake', which fastai maps to 0 like any unknown token
+    expected = [t if t in vocab else UNK for t in tokens[1:]]
+    assume(not repeated_word_run(["xxbos", *expected]))
+    assume(not unknown_in_one_letter_capital_chunk(expected))
+
+    ids = tokenizer(text)["input_ids"]
+    decoded = tokenizer.decode(ids)  # special tokens shown: 'xxbos' first, a literal 'xxpad' kept
+    assert tokenizer.tokenize(decoded) == ["xxbos", *expected]
+    assert tokenizer.tokenize(tokenizer.decode(ids[1:])) == expected
+
+
+def test_decode_keeps_bos_and_pad_unless_skipping_special_tokens():
+    tokenizer = AWDLSTMTokenizer.from_itos([*SPECIAL_TOKENS, "good", "."])
+    ids = tokenizer.convert_tokens_to_ids(["xxpad", "xxpad", "xxbos", "good", "xxunk", ".", "xxeos"])
+    assert tokenizer.decode(ids) == "xxpad xxpad xxbos good xxunk. xxeos"
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "good."
+    # A case marker belongs to the token after it: skipping that token skips its capital too.
+    marked = tokenizer.convert_tokens_to_ids(["xxbos", "xxmaj", "xxunk", "good", "xxup", "xxbos", "xxeos"])
+    assert tokenizer.decode(marked, skip_special_tokens=True) == "good"
+    assert tokenizer.decode(marked) == "xxbos Xxunk good XXBOS xxeos"
+
+
+def test_text_made_of_special_token_strings_round_trips():
+    """fastai never splits text on special token strings: 'xxbos xxunk xxpad' is three words that happen to
+    be the special tokens, encoded as their ids after the real leading xxbos, and shown by decode."""
+    tokenizer = AWDLSTMTokenizer.from_itos(list(SPECIAL_TOKENS))
+    ids = tokenizer("xxbos xxunk xxpad")["input_ids"]
+    assert ids == [2, 2, 0, 1]
+    assert tokenizer.decode(ids) == "xxbos xxbos xxunk xxpad"
+    assert tokenizer.tokenize(tokenizer.decode(ids[1:])) == ["xxbos", "xxunk", "xxpad"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == ""
+
+
+def test_capitals_decode_to_text_that_tokenizes_back():
+    """xxup marks a whole whitespace-delimited chunk and xxmaj a chunk that starts after whitespace, so the
+    decoded text must keep a chunk in capitals across spaCy's splits and not glue a marked word to '('."""
+    text = "IT'S GREAT, CAN'T WAIT for X-MEN ( Great ) O` 100% ok %"
+    tokens = fastai_tokenize_batch([text])[0]
+    tokenizer = AWDLSTMTokenizer.from_counts(Counter(tokens), min_freq=1)
+    decoded = tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True)
+    assert decoded == "IT'S GREAT, CAN'T WAIT for X-MEN ( Great) O` 100% ok %"
+    assert ["xxbos", *tokenizer.tokenize(decoded)] == tokens
+
+
+def test_imdb_reviews_decode_to_text_that_gives_fastais_tokens_back(fixtures_dir):
+    """The 316 IMDB reviews fastai tokenized (its own output is the fixture): decoding their ids gives text
+    that tokenizes to fastai's tokens again, and with fastai's 8,768-word vocabulary to them with unknown
+    words as 'xxunk' (but where decoding made a word repeat, see `repeated_word_run`)."""
+    records = [json.loads(line) for line in (fixtures_dir / "fastai_tokenizer" / "imdb_train_sample.jsonl").open()]
+    covering = AWDLSTMTokenizer.from_counts(Counter(t for r in records for t in r["tokens"]), min_freq=1)
+    fastai_vocab = AWDLSTMTokenizer.from_itos(read_itos_pickle(fixtures_dir / "fastai_vocab" / "itos.pkl"))
+    vocab, compared = fastai_vocab.get_vocab(), 0
+    for record in records:
+        ids = covering(record["text"])["input_ids"]
+        assert ["xxbos", *covering.tokenize(covering.decode(ids, skip_special_tokens=True))] == record["tokens"]
+        expected = [t if t in vocab else UNK for t in record["tokens"][1:]]
+        if repeated_word_run(expected) or unknown_in_one_letter_capital_chunk(expected) or TK_REP in expected:
+            continue
+        compared += 1
+        decoded = fastai_vocab.decode(fastai_vocab(record["text"])["input_ids"][1:])
+        assert fastai_vocab.tokenize(decoded) == expected, record["text"][:80]
+    assert compared >= 240  # 246 of the 316 reviews
