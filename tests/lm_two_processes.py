@@ -57,7 +57,7 @@ class RecordingLMTrainer(LMTrainer):
         super().__init__(*args, **kwargs)
         self.batches = []
         if stop_at is not None:
-            self.add_callback(_StopAfter(stop_at))
+            self.add_callback(StopAfter(stop_at))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -67,7 +67,10 @@ class RecordingLMTrainer(LMTrainer):
         return result
 
 
-class _StopAfter(TrainerCallback):
+class StopAfter(TrainerCallback):
+    """Stops training after optimizer step `step` (with `save_steps=step`: like a run killed right after its
+    checkpoint)."""
+
     def __init__(self, step: int):
         self.step = step
 

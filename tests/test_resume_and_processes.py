@@ -1,11 +1,25 @@
 """The stateful LM under checkpoint/resume, gradient accumulation, evaluation during training and 2
-processes, each against a run computed independently (uninterrupted, by hand, or on one process)."""
+processes, and the classifier under checkpoint/resume, each against a run computed independently
+(uninterrupted, by hand, or on one process)."""
+
+import functools
 
 import subprocess
 
 import pytest
 import torch
-from lm_two_processes import BPTT, LAUNCHERS, REPO, STAGE, TRAIN_DOCS, fit, launch_two_cpu_processes, tiny_lm
+from lm_two_processes import (
+    BPTT,
+    LAUNCHERS,
+    REPO,
+    STAGE,
+    TRAIN_DOCS,
+    StopAfter,
+    fit,
+    launch_two_cpu_processes,
+    tiny_lm,
+)
+from test_small_sizes import RecordingClassifierTrainer, documents, labelled, tiny_classifier, train_classifier
 from torch.utils.data import default_collate
 from transformers import TrainerCallback
 
@@ -65,6 +79,24 @@ def test_resumed_run_continues_exactly_like_the_uninterrupted_one(tmp_path, accu
     # the checkpoint kept the state carried into the next batch: none at the end of an epoch
     carried = torch.load(checkpoint / "lm_state_0.pt", weights_only=True)
     assert (carried is None) == (stop_at * accumulation % WINDOWS_PER_EPOCH == 0)
+
+
+@pytest.mark.parametrize("stop_at", [2, 6])
+def test_resumed_classifier_stage_continues_exactly_like_the_uninterrupted_one(tmp_path, stop_at):
+    """A 3-epoch classifier stage (12 documents, 4 length-grouped batches an epoch) interrupted in its first
+    or second epoch and resumed in a fresh model: the same next batches (each epoch's order depends only on
+    the seed and the epoch) and the same final weights."""
+    docs = documents(12, seed=4)
+    data = labelled(docs, [i % 2 for i in range(12)])
+    full = train_classifier(tmp_path / "full", tiny_classifier(), data, epochs=3)[0]
+    interrupted = train_classifier(
+        tmp_path / "interrupted", tiny_classifier(), data, epochs=3, save_strategy="steps", save_steps=stop_at,
+        trainer_class=functools.partial(RecordingClassifierTrainer, callbacks=[StopAfter(stop_at)]))[0]
+    resumed = train_classifier(tmp_path / "resumed", tiny_classifier(seed=1), data, epochs=3,
+                               resume_from_checkpoint=str(tmp_path / "interrupted" / f"checkpoint-{stop_at}"))[0]
+    assert interrupted.batches == full.batches[:stop_at] and resumed.batches == full.batches[stop_at:]
+    assert full.batches[:4] != full.batches[4:8]  # epochs differ in order
+    assert_same_weights(resumed.model, full.model)
 
 
 def test_evaluation_during_training_leaves_training_unchanged(tmp_path):

@@ -81,9 +81,11 @@ class RecordingClassifierTrainer(ClassifierTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
-def train_classifier(tmp_path, model, train, valid=None, batch_size=3, epochs=2, **overrides):
+def train_classifier(tmp_path, model, train, valid=None, batch_size=3, epochs=2,
+                     trainer_class=RecordingClassifierTrainer, resume_from_checkpoint=None, **overrides):
     return fit_one_cycle(
-        model, Stage(epochs=epochs, lr=1e-2), train, valid, trainer_class=RecordingClassifierTrainer,
+        model, Stage(epochs=epochs, lr=1e-2), train, valid, trainer_class=trainer_class,
+        resume_from_checkpoint=resume_from_checkpoint,
         output_dir=str(tmp_path), batch_size=batch_size, weight_decay=0.01, seed=0, sampling="group_by_length",
         data_collator=ClassificationCollator(), compute_metrics=classification_accuracy,
         **{"bf16": False, "use_cpu": True, "disable_tqdm": True, **overrides},

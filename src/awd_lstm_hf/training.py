@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import has_length
 
 from .data import LMStreamDataset
@@ -174,6 +175,22 @@ class _SaveAfterEpochEvaluation(TrainerCallback):
             control.should_save, self.deferred = True, False
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' length-grouped training batches (like fastai's SortedDL: similar lengths together, in
+    random order) drawn from a generator seeded by (seed, epoch), so that a run resumed in the middle of a
+    later epoch draws that epoch's order again. transformers draws it from the global RNG, whose state at
+    the start of an epoch a resumed run does not have."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Accelerate's DataLoaderShard before each pass."""
+        self.generator.manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
+
+
 class ULMFiTTrainer(Trainer):
     """A Trainer running one `Stage`: fastai's optimizer over the layer groups with the stage's
     (discriminative) max lrs, and the one-cycle schedule."""
@@ -208,6 +225,12 @@ class ULMFiTTrainer(Trainer):
             return super().get_train_dataloader()
         finally:
             self.args.dataloader_drop_last = drop_last
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.args.seed)
+        return sampler
 
     def _get_eval_sampler(self, eval_dataset):
         """Evaluation and `predict` in dataset order, as fastai's `get_preds` returns them (train.py sorts its
