@@ -15,6 +15,7 @@ import importlib
 import importlib.metadata
 import logging
 import math
+import numbers
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -408,5 +409,15 @@ class ClassificationCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         key = next((k for k in ("labels", "label") if k in features[0]), None)
         if key is not None:
-            batch["labels"] = torch.tensor([int(f[key]) for f in features], dtype=torch.long)
+            batch["labels"] = torch.tensor([_class_id(f[key], i) for i, f in enumerate(features)], dtype=torch.long)
         return batch
+
+
+def _class_id(label, row: int) -> int:
+    """A label as a class id. `int()` would truncate 0.5 to class 0 without a word, or fail on None with a
+    TypeError that names no row: anything but an integer is a ValueError naming the row and the value."""
+    if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
+        label = label.item()
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, numbers.Integral):
+        raise ValueError(f"Row {row} of the batch has the label {label!r}: labels must be integer class ids")
+    return int(label)
