@@ -20,12 +20,15 @@ def tiny(cls, seed=0):
                              max_len=MAX_LEN))
 
 
-def test_long_document_keeps_a_graph_and_outputs_only_for_the_pooled_window(monkeypatch):
+@pytest.mark.parametrize("training", [False, True])
+def test_long_document_keeps_a_graph_and_outputs_only_for_the_pooled_window(monkeypatch, training):
     """400 tokens, bptt 4, max_len 12: fastai pools the chunks starting at i with 400 - i <= 12, i.e. from
-    388. Every chunk read is at most 4 wide, only the 3 pooled chunks run with gradients, the outputs kept
-    are those 12 positions, and only tokens of that window get an embedding gradient (the state reaching it
-    is detached, as in fastai)."""
-    model = tiny(AWDLSTMForSequenceClassification).eval()
+    388. Only the 3 pooled chunks (4 wide) run with gradients, the outputs kept are those 12 positions, and
+    only tokens of that window get an embedding gradient (the state reaching it is detached, as in fastai).
+    The 388 tokens before it are read in chunks of bptt in training (each chunk draws its own dropout masks,
+    as fastai's), in windows of max_len without dropout (the same state, fewer LSTM calls)."""
+    model = tiny(AWDLSTMForSequenceClassification).train(training)
+    model.config.drop_mult = 0.0  # embedding dropout would take some window rows' gradient away
     early = torch.randint(9, 30, (388,))  # ids 9..29 only before the window, 30..49 only inside it
     window = torch.randint(30, 50, (12,))
     ids = torch.cat([early, window]).unsqueeze(0)
@@ -38,12 +41,32 @@ def test_long_document_keeps_a_graph_and_outputs_only_for_the_pooled_window(monk
 
     monkeypatch.setattr(AWDLSTMModel, "encode", recording_encode)
     out = model(ids)
-    assert len(calls) == 400 // BPTT and max(width for width, _ in calls) == BPTT
-    assert [grad for _, grad in calls] == [False] * 97 + [True] * 3
+    prefix = [BPTT] * 97 if training else [MAX_LEN] * 32 + [4]
+    assert calls == [(width, False) for width in prefix] + [(BPTT, True)] * 3
     assert out.last_hidden_state.shape == (1, MAX_LEN, 8) and bool(out.pooled_mask.all())
     out.logits.sum().backward()
     rows_with_gradient = set(model.model.encoder.weight.grad.abs().sum(1).nonzero().flatten().tolist())
     assert rows_with_gradient == set(window.tolist())
+
+
+def test_prefixes_read_in_windows_give_the_chunk_by_chunk_logits():
+    """Documents whose pooled windows start after 0 to 30 chunks, padded on the left or right in one batch:
+    eval (prefixes read in max_len windows, rows joining as their prefix starts) pools the outputs of the
+    chunk-by-chunk reading, which training with every dropout at 0 still does."""
+    model = tiny(AWDLSTMForSequenceClassification)
+    model.config.drop_mult = 0.0
+    lengths = [130, 12, 5, 13, 40, 41, 17, 0, 99]
+    ids = torch.randint(9, 50, (len(lengths), max(lengths)))
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    mask[1::2] = mask[1::2].flip(1)  # odd rows padded on the left
+    with torch.no_grad():
+        chunked = model.train()(ids, attention_mask=mask)
+        windowed = model.eval()(ids, attention_mask=mask)
+    assert torch.equal(windowed.pooled_mask, chunked.pooled_mask)
+    # the pooled encoder outputs (the head's BatchNorm normalises by batch statistics in training)
+    torch.testing.assert_close(windowed.last_hidden_state, chunked.last_hidden_state, rtol=0, atol=1e-6)
 
 
 def test_long_prompt_is_read_in_max_len_windows_with_logits_for_its_last_position(monkeypatch):

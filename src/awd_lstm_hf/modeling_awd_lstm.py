@@ -846,9 +846,15 @@ class AWDLSTMForSequenceClassification(AWDLSTMPreTrainedModel):
         total_chunks = int((delay + n_chunks).max()) if batch else 0
 
         states = self.model.zero_state(batch).states
+        first_step = 0
+        if not self.training and pooled_start:
+            # Without dropout a chunk's result does not depend on where the recurrence is cut, so the
+            # (whole) chunks before each pooled window are read max_len tokens at a time, as the encoder's
+            # no-grad path reads long inputs: the same state, a few large LSTM calls instead of many.
+            states, first_step = self._read_prefixes(ids, first_pooled * bptt, states), pooled_start
         offsets = torch.arange(bptt, device=ids.device)
         pooled_chunks = []
-        for step in range(total_chunks):
+        for step in range(first_step, total_chunks):
             local = step - delay
             rows = ((local >= 0) & (local < n_chunks)).nonzero().squeeze(1)
             start = local.index_select(0, rows) * bptt
@@ -872,6 +878,28 @@ class AWDLSTMForSequenceClassification(AWDLSTMPreTrainedModel):
         window = lengths - first_pooled * bptt
         mask = torch.arange(pooled.shape[1], device=pooled.device).unsqueeze(0) < window.unsqueeze(1)
         return pooled, mask
+
+    @torch.no_grad()
+    def _read_prefixes(self, ids: torch.LongTensor, prefix_lengths: torch.Tensor, states: list[LSTMState]) -> list[LSTMState]:
+        """The state after the first `prefix_lengths` tokens (whole chunks) of each left-aligned row. On a
+        timeline where all prefixes end together, rows join as their prefix starts; between two such starts
+        the same rows are all on real tokens, so they run unpacked (oneDNN's fast path) in windows of
+        `max(max_len, bptt)` tokens. Rows with no prefix keep their state."""
+        window = max(self.config.max_len or 0, self.config.bptt)
+        end = int(prefix_lengths.max())
+        starts = end - prefix_lengths
+        has_prefix = prefix_lengths > 0
+        bounds = sorted(set(starts[has_prefix].tolist())) + [end]
+        for segment_start, segment_end in zip(bounds, bounds[1:]):
+            rows = (has_prefix & (starts <= segment_start)).nonzero().squeeze(1)
+            row_ids, row_states = ids.index_select(0, rows), select_state_rows(states, rows)
+            read = segment_start - starts.index_select(0, rows)  # tokens each row has read so far
+            for offset in range(0, segment_end - segment_start, window):
+                width = min(window, segment_end - segment_start - offset)
+                positions = (read + offset).unsqueeze(1) + torch.arange(width, device=ids.device)
+                _, row_states = self.model.encode(self.model.embed(row_ids.gather(1, positions)), row_states)
+            states = write_state_rows(states, rows, row_states)
+        return states
 
     def forward(
         self,
