@@ -30,26 +30,15 @@ from fastai.text.all import (
     text_classifier_learner,
 )
 
-DISCRIMINATIVE_FACTOR = 2.6  # our Stage's rule: lr / 2.6 per layer group below the last
-
-
-def fastai_lr(stage: dict, n_groups: int):
-    if stage.get("discriminative", True):
-        return slice(stage["lr"] / DISCRIMINATIVE_FACTOR ** (n_groups - 1), stage["lr"])
-    return stage["lr"]
+from fastai_recipe_reference import fit_stage  # this folder: the recipe translated to fastai once
 
 
 def fit_stages(learn, stages: list[dict], weight_decay: float) -> list[list[float]]:
-    """fastai's `freeze_to(-n)` / `unfreeze()` then `fit_one_cycle`, per stage; the recorder's values of each
-    epoch ([train loss, valid loss, metrics...]) grouped by stage."""
-    n_groups = len(learn.splitter(learn.model))
+    """Each stage as `fit_stage`; the recorder's values of each epoch ([train loss, valid loss, metrics...])
+    grouped by stage."""
     by_stage = []
     for stage in stages:
-        if stage.get("train_last") is None:
-            learn.unfreeze()
-        else:
-            learn.freeze_to(-stage["train_last"])
-        learn.fit_one_cycle(stage["epochs"], fastai_lr(stage, n_groups), wd=weight_decay)
+        fit_stage(learn, stage, weight_decay)
         by_stage.append([[float(v) for v in values] for values in learn.recorder.values])
     return by_stage
 

@@ -123,22 +123,27 @@ class RecordSteps(Callback):
 
 def fastai_lr(stage: dict, n_groups: int):
     """ULMFiT's discriminative rate: lr / 2.6 per layer group below the last (slice(lr/2.6**4, lr) for 5)."""
-    if stage["discriminative"]:
+    if stage.get("discriminative", True):  # our Stage's default
         return slice(stage["lr"] / DISCRIMINATIVE_FACTOR ** (n_groups - 1), stage["lr"])
     return stage["lr"]
+
+
+def fit_stage(learn, stage: dict, weight_decay: float) -> None:
+    """One of our `Stage`s (a dict of its fields) the fastai way: `freeze_to(-train_last)` or `unfreeze()`,
+    then `fit_one_cycle`. Also used by fastai_learning_curve.py."""
+    if stage.get("train_last") is None:
+        learn.unfreeze()
+    else:
+        learn.freeze_to(-stage["train_last"])
+    learn.fit_one_cycle(stage["epochs"], fastai_lr(stage, len(learn.splitter(learn.model))), wd=weight_decay)
 
 
 def run_stages(learn, recipe: dict) -> dict:
     recorder = RecordSteps()
     learn.add_cbs([WeightDropoutOff(), recorder])
-    n_groups = len(learn.splitter(learn.model))
     with learn.no_bar(), learn.no_logging():
         for stage in recipe["stages"]:
-            if stage["train_last"] is None:
-                learn.unfreeze()
-            else:
-                learn.freeze_to(-stage["train_last"])
-            learn.fit_one_cycle(stage["epochs"], fastai_lr(stage, n_groups), wd=recipe["weight_decay"])
+            fit_stage(learn, stage, recipe["weight_decay"])
     return recorder.stacked()
 
 
