@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
@@ -18,10 +19,15 @@ FASTAI_PYTHON = Path(os.environ.get("AWD_LSTM_FASTAI_PYTHON", REPO_ROOT.parent /
 
 @pytest.fixture(scope="module")
 def benchmark():
+    """scripts/benchmark.py as a module. Its workers set torch's thread count for the process they run in;
+    the count is restored afterwards, or later tests would compute with other threads than their subprocesses
+    (and differ from them in the last bits)."""
+    threads = torch.get_num_threads()
     spec = importlib.util.spec_from_file_location("benchmark", SCRIPTS / "benchmark.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    yield module
+    torch.set_num_threads(threads)
 
 
 def test_median_ratio_row_takes_medians_and_checks_the_target(benchmark):
