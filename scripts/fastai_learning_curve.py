@@ -6,7 +6,8 @@ DATA holds lm_train/lm_valid/clas_train/clas_valid.parquet (text, and label for 
 (our run's vocabulary) and settings.json (the preset's values, as train.py read them). Writes JSON:
 
     {"lm": [{"epoch": 1, "perplexity": ..., "accuracy": ..., "loss": ...}, ...],
-     "classifier": [{"stage": 0, "epoch": 1, "accuracy": ...}, ...], "lm_train_tokens": ..., "seconds": ...}
+     "classifier": [{"stage": 0, "epoch": 1, "accuracy": ...}, ...], "lm_train_losses": [one per batch],
+     "lm_train_tokens": ..., "seconds": ...}
 
     /work/venv-fastai/bin/python scripts/fastai_learning_curve.py DATA --seed 0 --json OUT.json
 """
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 from fastai.text.all import (
     AWD_LSTM,
+    Callback,
     Perplexity,
     TextDataLoaders,
     accuracy,
@@ -41,6 +43,17 @@ def fit_stages(learn, stages: list[dict], weight_decay: float) -> list[list[floa
         fit_stage(learn, stage, weight_decay)
         by_stage.append([[float(v) for v in values] for values in learn.recorder.values])
     return by_stage
+
+
+class TrainLosses(Callback):
+    """The loss of every training batch (without AR/TAR, as fastai's recorder and our Trainer log it)."""
+
+    def __init__(self):
+        self.values = []
+
+    def after_batch(self):
+        if self.training:
+            self.values.append(float(self.learn.loss))
 
 
 def with_validity(train: pd.DataFrame, valid: pd.DataFrame) -> pd.DataFrame:
@@ -67,6 +80,8 @@ def main():
                                   path=args.data, seed=args.seed)
     learn = language_model_learner(dls, AWD_LSTM, config=dict(awd_lstm_lm_config, **sizes), drop_mult=s["lm_drop_mult"],
                                    pretrained=False, metrics=[accuracy, Perplexity()], path=args.data)
+    train_losses = TrainLosses()
+    learn.add_cb(train_losses)
     with learn.no_bar():
         lm_values = fit_stages(learn, s["lm_stages"], s["lm_weight_decay"])
     learn.save_encoder(f"encoder_{args.seed}")
@@ -87,7 +102,7 @@ def main():
     classifier = [{"stage": stage, "epoch": epoch, "accuracy": values[2]}
                   for stage, stage_values in enumerate(clas_values) for epoch, values in enumerate(stage_values, start=1)]
 
-    result = {"lm": lm, "classifier": classifier, "lm_train_tokens": int(sum(dls.train.lens)),
+    result = {"lm": lm, "classifier": classifier, "lm_train_losses": train_losses.values, "lm_train_tokens": int(sum(dls.train.lens)),
               "vocab_size": len(dls.vocab), "seconds": round(time.time() - started, 1)}
     args.json.write_text(json.dumps(result, indent=2))
     print(json.dumps(result))

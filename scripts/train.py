@@ -47,6 +47,7 @@ from awd_lstm_hf.data import (
 from awd_lstm_hf.export import IMDB_LIMITS, model_card_text, push_to_hub, save_model_folder
 from awd_lstm_hf.tokenization_awd_lstm import AWDLSTMTokenizer
 from awd_lstm_hf.training import (
+    PRECISIONS,
     ClassifierTrainer,
     LMTrainer,
     Stage,
@@ -89,9 +90,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume_from_checkpoint", action="store_true",
                         help="continue an interrupted run in the same --output_dir: finished stages are read back, "
                              "the interrupted one resumes from its last checkpoint (else starts over)")
-    settings = parser.add_argument_group(f"preset {preset_name!r} (configs/{preset_name}.json); values are JSON")
+    settings = parser.add_argument_group(f"preset {preset_name!r} (configs/{preset_name}.json); values are JSON, "
+                                         "strings as plain words")
     for key, value in preset.items():
-        if key != "description":
+        if key == "description":
+            continue
+        if isinstance(value, str):
+            choices = PRECISIONS if key == "precision" else None
+            settings.add_argument(f"--{key}", default=value, choices=choices, help=f"(preset: {value})")
+        else:
             settings.add_argument(f"--{key}", type=json.loads, default=json.dumps(value), help=f"(preset: {json.dumps(value)})")
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_model_id:
@@ -149,7 +156,8 @@ def run_stage(args, state, stage_dir: Path, evaluation_key: str, model, stage, *
     # fastai v2 does not clip (fit_one_cycle's default); `clip` is its GradientClip(max_norm) callback
     clipping = {"max_grad_norm": args.settings["clip"]} if args.settings["clip"] else {}
     trainer, _ = fit_one_cycle(model, stage, *datasets, output_dir=str(stage_dir), seed=args.seed,
-                               resume_from_checkpoint=checkpoint, **saving, **clipping, **fit_arguments)
+                               resume_from_checkpoint=checkpoint, precision=args.settings["precision"],
+                               **saving, **clipping, **fit_arguments)
     record = {"steps": trainer.state.global_step, "evaluations": last_evaluations(trainer, evaluation_key)}
     if state.is_main_process:  # written aside, then renamed: a killed run leaves the record whole or absent
         writing = finished.with_name("finished.writing")
@@ -249,7 +257,7 @@ def train_classifier(args, s, state, lm_dir, splits, tokenizer, work_dir):
 def evaluator(model, s, work_dir, collator) -> Trainer:
     """A Trainer that only evaluates the classifier (its stages may have been trained by an earlier run)."""
     arguments = TrainingArguments(output_dir=str(work_dir / "evaluation"), per_device_eval_batch_size=s["clas_batch_size"],
-                                  report_to="none", remove_unused_columns=False, **mixed_precision())
+                                  report_to="none", remove_unused_columns=False, **mixed_precision(s["precision"]))
     return Trainer(model=model, args=arguments, data_collator=collator, compute_metrics=classification_accuracy)
 
 
@@ -269,12 +277,13 @@ def start_work_dir(args, state, work_dir: Path, training_settings: dict) -> None
 def main(argv=None):
     args = parse_args(argv)
     s = args.settings
-    state = PartialState(cpu="use_cpu" in mixed_precision())  # without cpu=True, torchrun on CPUs runs N single processes
+    precision = mixed_precision(s["precision"])
+    state = PartialState(cpu="use_cpu" in precision)  # without cpu=True, torchrun on CPUs runs N single processes
     logging.basicConfig(level=logging.INFO if state.is_main_process else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     output_dir, started = Path(args.output_dir), time.time()
     work_dir = output_dir / "checkpoints"
-    logger.info("preset %s on %d process(es); precision: %s", args.preset, state.num_processes, describe_precision(mixed_precision()))
+    logger.info("preset %s on %d process(es); precision: %s", args.preset, state.num_processes, describe_precision(precision))
     if state.num_processes == 1 and os.environ.get("ACCELERATE_USE_CPU") == "True" and "MASTER_PORT" in os.environ:
         raise SystemExit(  # accelerate sets MASTER_PORT only when asked for several processes
             "`accelerate launch --cpu --num_processes N` started a single process: Accelerate starts several CPU "
@@ -330,7 +339,7 @@ def main(argv=None):
         )
         save_model_folder(classifier, tokenizer, output_dir / "classifier", card, training_settings)
         summary = {
-            "preset": args.preset, "settings": s, "precision": describe_precision(mixed_precision()),
+            "preset": args.preset, "settings": s, "precision": describe_precision(precision),
             "processes": state.num_processes, "vocab_size": len(tokenizer),
             "lm": lm_metrics | {"seconds": round(lm_seconds, 1), "history": lm_history},
             "classifier": clas_metrics | {"seconds": round(clas_seconds, 1)},

@@ -105,7 +105,7 @@ if __name__ == "__main__":
     # fp32 and no dropout: 2 processes of 2 rows then equal 1 process of 4 (DDP averages the two per-process
     # mean losses' gradients, which is the gradient of the mean over all rows)
     trainer = fit(out / "run", rows_per_process=2, world_size=state.num_processes, model=tiny_lm(drop_mult=0.0),
-                  bf16=False, use_cpu=True)
+                  precision="fp32")
     torch.save([inputs for inputs, _ in trainer.batches], out / f"batches_{state.process_index}.pt")
     if state.is_main_process:
         torch.save(trainer.model.state_dict(), out / "weights.pt")

@@ -19,7 +19,7 @@ from awd_lstm_hf.training import ClassifierTrainer, LMTrainer, Stage, fit_one_cy
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fastai_recipe" / "recipe.pt"
 TOLERANCE = 1e-5
-FP32_ON_CPU = dict(fp16=False, bf16=False, use_cpu=True)  # fastai's reference ran in fp32 on a CPU
+FP32_ON_CPU = dict(precision="fp32")  # fastai's reference ran in fp32 on a CPU
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def test_gradient_accumulation_averages_consecutive_windows_like_fastai(tmp_path
     trainer, _ = fit_one_cycle(
         model, Stage(epochs=1, lr=1e-2), stream, None, trainer_class=GradientRecordingLMTrainer,
         sampling="sequential", output_dir=str(tmp_path), batch_size=rows, weight_decay=0.1, seed=0,
-        gradient_accumulation_steps=2, max_grad_norm=0.0, bf16=False,
+        gradient_accumulation_steps=2, max_grad_norm=0.0, precision="fp32",
     )
     windows = [default_collate([stream[w * rows + r] for r in range(rows)]) for w in range(stream.n_windows)]
     reference, state = tiny_lm(drop_mult=0.0).train(), None
@@ -192,7 +192,7 @@ def test_two_processes_train_disjoint_rows_covering_the_corpus_like_one_process(
         assert sorted(seen[0] + seen[1]) == sorted(stream.stream[: 4 * row_len].tolist())
         assert len(stream.stream) - 1 - 4 * row_len < 4
 
-    single = fit(tmp_path / "single", 4, model=tiny_lm(drop_mult=0.0), bf16=False, use_cpu=True)
+    single = fit(tmp_path / "single", 4, model=tiny_lm(drop_mult=0.0), precision="fp32")
     assert_same_weights(single.model, _loaded(torch.load(tmp_path / "weights.pt", weights_only=True)), atol=1e-5)
 
 

@@ -88,7 +88,7 @@ def train_classifier(tmp_path, model, train, valid=None, batch_size=3, epochs=2,
         resume_from_checkpoint=resume_from_checkpoint,
         output_dir=str(tmp_path), batch_size=batch_size, weight_decay=0.01, seed=0, sampling="group_by_length",
         data_collator=ClassificationCollator(), compute_metrics=classification_accuracy,
-        **{"bf16": False, "use_cpu": True, "disable_tqdm": True, **overrides},
+        **{"precision": "fp32", "disable_tqdm": True, **overrides},
     )
 
 
@@ -202,11 +202,10 @@ def test_train_script_test_evaluation_counts_every_document_once(tmp_path, monke
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     import train
 
-    monkeypatch.setattr(train, "mixed_precision", lambda: {"use_cpu": True})  # fp32, as the hand computation
     docs = documents(7, seed=3)
     model = tiny_classifier()
     labels = labels_with_one_miss(per_document_logits(model, docs).argmax(-1))
-    metrics = train.evaluator(model, {"clas_batch_size": 3}, tmp_path, ClassificationCollator()).evaluate(
+    metrics = train.evaluator(model, {"clas_batch_size": 3, "precision": "fp32"}, tmp_path, ClassificationCollator()).evaluate(
         labelled(docs, labels), metric_key_prefix="test")
     assert metrics["test_accuracy"] == pytest.approx(6 / 7, abs=1e-12)
 

@@ -95,3 +95,14 @@ def test_accelerate_launch_cpu_without_mpi_says_how_to_start_several_processes(t
     assert run.returncode != 0
     assert "--mpirun_hostfile configs/localhost.hostfile" in run.stderr and "torchrun --nproc_per_node" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_precision_flag_takes_a_plain_word_and_refuses_others(capsys):
+    import train
+
+    args = train.parse_args(["--preset", "parity", "--output_dir", "unused", "--precision", "bf16"])
+    assert args.settings["precision"] == "bf16"
+    assert train.parse_args(["--preset", "parity", "--output_dir", "unused"]).settings["precision"] == "fp32"
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "parity", "--output_dir", "unused", "--precision", "half"])
+    assert "invalid choice" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from awd_lstm_hf.training import (
     fit_one_cycle,
     freeze_to,
     layer_groups,
+    mixed_precision,
 )
 from test_resume_and_processes import GradientRecordingLMTrainer
 
@@ -101,7 +102,7 @@ def test_gradients_are_clipped_only_when_asked(tmp_path, clip):
     clipping = {"max_grad_norm": clip} if clip else {}
     trainer, _ = fit_one_cycle(model, Stage(epochs=1, lr=0.5), stream, None, trainer_class=GradientRecordingLMTrainer,
                                output_dir=str(tmp_path), batch_size=4, weight_decay=0.01, seed=0,
-                               sampling="sequential", bf16=False, **clipping)
+                               sampling="sequential", precision="fp32", **clipping)
     # the gradients the optimizer steps with (recorded after Trainer's clipping)
     norms = [torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item() for _, grads in trainer.recorder.steps]
     assert len(norms) == stream.n_windows
@@ -109,3 +110,16 @@ def test_gradients_are_clipped_only_when_asked(tmp_path, clip):
         assert max(norms) <= clip * (1 + 1e-4)
     else:
         assert max(norms) > 1.0  # above Trainer's default bound: nothing clipped it
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU choices")
+def test_precision_choices_on_cpu():
+    """fp32 (fastai's default) and bf16 on request; auto picks bf16 only where the CPU has it natively;
+    fp16 (CUDA's loss scaling) and unknown names are refused rather than silently replaced."""
+    assert mixed_precision("fp32") == {"use_cpu": True}
+    assert mixed_precision("bf16") == {"use_cpu": True, "bf16": True}
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert mixed_precision("auto") == mixed_precision("bf16" if native else "fp32")
+    for refused in ("fp16", "half"):
+        with pytest.raises(ValueError, match="fp16|precision"):
+            mixed_precision(refused)

@@ -341,20 +341,29 @@ def classification_accuracy(eval_prediction) -> dict[str, float]:
     return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
 
 
-def mixed_precision() -> dict:
-    """fp16 with loss scaling on CUDA; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), else fp32."""
-    if torch.cuda.is_available():
-        return {"fp16": True}
-    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return {"bf16": True, "use_cpu": True} if native_bf16 else {"use_cpu": True}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def mixed_precision(precision: str = "auto") -> dict:
+    """TrainingArguments for PRECISION. "auto": fp16 with loss scaling on CUDA; bf16 on a CPU with native bf16
+    (AVX512-BF16 or AMX), else fp32. "fp32" is fastai's own default (it trains in fp32 unless told otherwise)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    on_cpu = {} if torch.cuda.is_available() else {"use_cpu": True}
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("precision fp16 needs CUDA; on CPU use bf16 or fp32")
+    if precision == "auto":
+        native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        precision = "fp16" if torch.cuda.is_available() else "bf16" if native_bf16 else "fp32"
+    return on_cpu | ({} if precision == "fp32" else {precision: True})
 
 
 def describe_precision(precision: dict) -> str:
     if precision.get("fp16"):
         return "fp16 mixed precision with loss scaling (CUDA)"
     if precision.get("bf16"):
-        return "bf16 autocast (CPU with native bf16)"
-    return "fp32 (this CPU has no native bf16; bf16 would be emulated and slower)"
+        return "bf16 autocast"
+    return "fp32"
 
 
 def fit_one_cycle(
@@ -372,13 +381,15 @@ def fit_one_cycle(
     compute_metrics=None,
     sampling: str = "random",
     resume_from_checkpoint: str | None = None,
+    precision: str = "auto",
     **argument_overrides,
 ) -> tuple[Trainer, dict]:
     """fastai `freeze_to(-train_last); fit_one_cycle(epochs, lr)` as one `Trainer.train()`: a fresh
     optimizer (fastai clears its state at every freeze change) and a fresh one-cycle schedule. Freezing
     happens before the Trainer wraps the model, so DDP sees a fixed set of trainable parameters.
     `argument_overrides` replace any of the TrainingArguments below (e.g. `save_strategy`);
-    `resume_from_checkpoint` continues an interrupted call from one of its checkpoints."""
+    `resume_from_checkpoint` continues an interrupted call from one of its checkpoints; `precision` is
+    `mixed_precision`'s."""
     freeze_to(model, stage.train_last)
     use_cache = model.config.use_cache
     arguments = dict(
@@ -396,7 +407,7 @@ def fit_one_cycle(
         logging_steps=25,
         remove_unused_columns=False,
         prediction_loss_only=compute_metrics is None,
-        **mixed_precision(),
+        **mixed_precision(precision),
     )
     trainer = trainer_class(
         model=model,
