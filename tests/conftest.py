@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tiny_imdb import write_tiny_imdb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AWD_LSTM_SHARED", REPO_ROOT.parent / "shared"))
@@ -32,3 +33,10 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def imdb_path() -> Path:
     return _require(IMDB_MIRROR, "IMDB mirror")
+
+
+@pytest.fixture(scope="module")
+def tiny_imdb(tmp_path_factory) -> Path:
+    """A folder laid out like the IMDB mirror (train/test/unsupervised parquet files and its configs), with
+    random reviews; one test review is long (over 600 tokens), so truncation would show."""
+    return write_tiny_imdb(tmp_path_factory.mktemp("tiny_imdb"), seed=0)

@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from datasets import ClassLabel, Dataset, Features, Value
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from test_convert_and_load import run_without_the_package
+from tiny_imdb import WORDS, write_tiny_imdb
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMTokenizer, metrics
@@ -27,7 +27,6 @@ from awd_lstm_hf.export import push_to_hub
 from awd_lstm_hf.tokenization_awd_lstm import SPECIAL_TOKENS
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-WORDS = ["i", "liked", "this", "movie", "it", "was", "bad", "good", "the", "plot", "actors", "and", "not", "a", "film"]
 TINY_TRAINING = {  # train.py flags: a model and a run that take seconds
     "lm_docs": 60, "clas_train_docs": 40, "clas_valid_docs": 0, "clas_test_docs": 30, "min_freq": 1,
     "embedding_size": 8, "hidden_size": 12, "num_hidden_layers": 2, "bptt": 16, "max_len": 64,
@@ -84,44 +83,6 @@ def nll_by_hand(model, tokenizer, text: str) -> tuple[float, int]:
     ids = torch.tensor([tokenizer(text)["input_ids"]])
     log_probs = F.log_softmax(model(ids).logits[0, :-1].double(), -1)
     return -log_probs.gather(1, ids[0, 1:, None]).sum().item(), ids.shape[1] - 1
-
-
-def random_review(rng: np.random.Generator, n_words: int) -> str:
-    return " ".join(rng.choice(WORDS, n_words)).capitalize() + "."
-
-
-@pytest.fixture(scope="module")
-def tiny_imdb(tmp_path_factory) -> Path:
-    """A folder laid out like the IMDB mirror (train/test/unsupervised parquet files and its configs), with
-    random reviews; one test review is long (over 600 tokens), so truncation would show."""
-    return write_tiny_imdb(tmp_path_factory.mktemp("tiny_imdb"), seed=0)
-
-
-def write_tiny_imdb(root: Path, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
-    for split, n, label in (("train", 60, None), ("test", 40, None), ("unsupervised", 20, -1)):
-        texts = [random_review(rng, int(rng.integers(5, 60))) for _ in range(n)]
-        if split == "test":
-            texts[0] = random_review(rng, 650)
-        labels = [label if label is not None else int(rng.integers(0, 2)) for _ in range(n)]
-        Dataset.from_dict({"text": texts, "label": labels}, features=features).to_parquet(
-            str(root / "plain_text" / f"{split}-00000-of-00001.parquet"))
-    (root / "README.md").write_text(textwrap.dedent("""\
-        ---
-        configs:
-        - config_name: plain_text
-          data_files:
-          - split: train
-            path: plain_text/train-*
-          - split: test
-            path: plain_text/test-*
-          - split: unsupervised
-            path: plain_text/unsupervised-*
-          default: true
-        ---
-        """))
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from test_hub_and_metrics import TINY_TRAINING, load_script, tiny_imdb  # noqa: F401  (tiny_imdb: a fixture)
+from test_hub_and_metrics import TINY_TRAINING, load_script
 
 from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMTokenizer
 from awd_lstm_hf.convert import convert_fastai_files
@@ -62,8 +62,16 @@ def test_transfer_refuses_a_vocabulary_that_does_not_fit_the_pretrained_embeddin
         transfer_language_model(pretrained_lm(len(old_vocab) + 1), old_vocab, [*SPECIAL_TOKENS, "good"])
 
 
+@pytest.mark.parametrize("size", ["vocab_size", "embedding_size", "hidden_size", "num_hidden_layers"])
+def test_transfer_refuses_to_change_a_size(size):
+    """Only dropouts, bptt and max_len may change: a size override would leave weights without a home."""
+    old_vocab = [*SPECIAL_TOKENS, *OLD_WORDS]
+    with pytest.raises(ValueError, match=f"cannot change \\['{size}'\\]"):
+        transfer_language_model(pretrained_lm(len(old_vocab)), old_vocab, old_vocab, **{size: 7})
+
+
 @pytest.mark.slow
-def test_init_lm_fine_tunes_a_converted_fastai_lm_frozen_then_unfrozen(fixtures_dir, tiny_imdb, tmp_path):  # noqa: F811
+def test_init_lm_fine_tunes_a_converted_fastai_lm_frozen_then_unfrozen(fixtures_dir, tiny_imdb, tmp_path):
     """fastai's fixture LM (emb 32, hidden 48, 3 layers), its vocabulary given some of the tiny IMDB's words,
     converted with our converter, then `train.py --init_lm`: the LM keeps the pretrained sizes, takes the IMDB
     vocabulary, trains only the embedding and decoder in its first (frozen) stage, then every layer."""

@@ -431,6 +431,9 @@ def transfer_language_model(pretrained: AWDLSTMForCausalLM, old_vocab: Sequence[
     the last of repeated strings, like fastai's dict); a new word gets the mean row and the mean bias, so that
     it starts as an average word rather than as noise. Everything else is copied as is; CONFIG_OVERRIDES
     (bptt, max_len, dropouts) change the new model's config, never its sizes."""
+    sizes = {"vocab_size", "embedding_size", "hidden_size", "num_hidden_layers"} & config_overrides.keys()
+    if sizes:
+        raise ValueError(f"transfer_language_model keeps the pretrained sizes; it cannot change {sorted(sizes)}")
     if len(old_vocab) != pretrained.config.vocab_size:
         raise ValueError(f"The pretrained model has {pretrained.config.vocab_size} embedding rows but its vocabulary "
                          f"{len(old_vocab)} words")
