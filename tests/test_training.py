@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMForSequenceCla
 from awd_lstm_hf.data import LMStreamDataset
 from awd_lstm_hf.training import (
     OneCycleSchedule,
+    SortedBatchesSampler,
     Stage,
     activation_regularization,
     build_optimizer,
@@ -123,3 +125,59 @@ def test_precision_choices_on_cpu():
     for refused in ("fp16", "half"):
         with pytest.raises(ValueError, match="fp16|precision"):
             mixed_precision(refused)
+
+
+def test_sorted_batches_are_fastai_sorted_dl_batches_in_random_order():
+    """fastai's SortedDL: batches of similar lengths (cut from length-sorted chunks of 50 batches), the one
+    with the longest document first, then the others in random order, not in the long-to-short streaks of
+    transformers' LengthGroupedSampler (those cost the classifier accuracy); reproducible per (seed, epoch)."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 3000, 4000)
+    batch_size = 8
+    sampler = SortedBatchesSampler(batch_size, lengths.tolist(), seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(lengths)))
+    batches = [np.array(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+    assert int(np.argmax(lengths)) in batches[0]
+    batch_lengths = [lengths[batch] for batch in batches]
+    assert all((np.diff(b) <= 0).all() for b in batch_lengths)  # each batch a slice of a sorted chunk
+    # similar lengths: a batch's spread is a small part of the whole range (random batches: ~3/4 of it)
+    assert np.mean([b.max() - b.min() for b in batch_lengths]) < 0.1 * (lengths.max() - lengths.min())
+    # random batch order: about half the consecutive pairs go up (sorted streaks: one per chunk of 50)
+    firsts = np.array([b[0] for b in batch_lengths])
+    ascents = int((np.diff(firsts) > 0).sum())
+    assert 0.4 * len(batches) < ascents < 0.6 * len(batches)
+    assert list(SortedBatchesSampler(batch_size, lengths.tolist(), seed=3)) == order
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    sampler.set_epoch(0)
+    assert list(sampler) == order
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 17])
+def test_sorted_batches_cover_small_datasets(n):
+    """Fewer documents than a batch, exactly one or two batches, a short last batch: each index once, the
+    shortest (last) batch last, as fastai's drop_last then drops it."""
+    lengths = list(range(1, n + 1))
+    order = list(SortedBatchesSampler(8, lengths, seed=0))
+    assert sorted(order) == list(range(n))
+    if n:
+        assert order[0] == n - 1  # the longest document opens the first batch
+    if n > 8:
+        last = order[-(n % 8 or 8):]
+        assert max(lengths[i] for i in last) <= min(lengths[i] for i in order[:8])
+
+
+def test_classifier_trainer_draws_length_grouped_batches_in_fastai_order(tmp_path):
+    from transformers import TrainingArguments
+
+    from awd_lstm_hf.training import ClassifierTrainer
+
+    train = [{"input_ids": list(range(9, 9 + n)), "labels": n % 2} for n in (3, 12, 5, 9, 20, 7)]
+    arguments = TrainingArguments(str(tmp_path), per_device_train_batch_size=2, train_sampling_strategy="group_by_length",
+                                  seed=5, report_to="none", use_cpu=True)
+    trainer = ClassifierTrainer(model=AWDLSTMForSequenceClassification(AWDLSTMConfig(**CONFIG)), args=arguments,
+                                train_dataset=train, stage=Stage(epochs=1, lr=1e-2))
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, SortedBatchesSampler)
+    assert list(sampler) == list(SortedBatchesSampler(2, [3, 12, 5, 9, 20, 7], seed=5))

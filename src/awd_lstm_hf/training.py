@@ -8,6 +8,7 @@ Each fastai concept has one home here:
 - `activation_regularization`: AR/TAR (`RNNRegularizer`, alpha 2, beta 1), training only;
 - `LMTrainer`: stateful BPTT, the hidden state carried from batch to batch (fastai's `ModelResetter`
   resets it per epoch and per validation), kept in checkpoints so that a resumed run continues exactly;
+- `SortedBatchesSampler`: the classifier's training batches in fastai's `SortedDL` order;
 - `fit_one_cycle`: one call = one `Trainer.train()` with its own schedule, after `freeze_to`, like
   fastai's `learn.freeze_to(n); learn.fit_one_cycle(...)`;
 - `transfer_language_model`: a pretrained LM moved onto a new vocabulary (`load_pretrained` + `match_embeds`).
@@ -175,20 +176,44 @@ class _SaveAfterEpochEvaluation(TrainerCallback):
             control.should_save, self.deferred = True, False
 
 
-class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """transformers' length-grouped training batches (like fastai's SortedDL: similar lengths together, in
-    random order) drawn from a generator seeded by (seed, epoch), so that a run resumed in the middle of a
-    later epoch draws that epoch's order again. transformers draws it from the global RNG, whose state at
-    the start of an epoch a resumed run does not have."""
+class SortedBatchesSampler(torch.utils.data.Sampler):
+    """fastai's `SortedDL` training order: documents shuffled, sorted by length (longest first) within
+    chunks of 50 batches and cut into batches, so a batch holds documents of similar length (little
+    padding); the batch with the longest document comes first (memory fails at once, if at all), the last
+    (shortest, possibly incomplete) stays last, and all others come in random order.
 
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
-        self.seed = seed
+    transformers' `LengthGroupedSampler` keeps each chunk's batches sorted, so training sweeps from long to
+    short documents 50 batches at a time; those correlated streaks cost the classifier accuracy. The order
+    is drawn from a generator seeded by (seed, epoch), so a run resumed in a later epoch draws it again."""
+
+    CHUNK_BATCHES = 50  # fastai SortedDL: sz = bs * 50
+
+    def __init__(self, batch_size: int, lengths: Sequence[int], seed: int):
+        self.batch_size, self.lengths, self.seed = batch_size, np.asarray(lengths), seed
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Accelerate's DataLoaderShard before each pass."""
-        self.generator.manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        n, size = len(self.lengths), self.batch_size
+        if n == 0:
+            return iter([])
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n)
+        first = int(np.flatnonzero(order == int(np.argmax(self.lengths)))[0])
+        order[[0, first]] = order[[first, 0]]
+        chunk = size * self.CHUNK_BATCHES
+        order = np.concatenate([part[np.argsort(-self.lengths[part], kind="stable")]
+                                for part in np.split(order, range(chunk, n, chunk))])
+        batches = np.split(order, range(size, n, size))
+        middle = [batches[1 + index] for index in rng.permutation(max(len(batches) - 2, 0))]
+        ends = [batches[-1]] if len(batches) > 1 else []
+        return iter(np.concatenate([batches[0], *middle, *ends]).tolist())
 
 
 class ULMFiTTrainer(Trainer):
@@ -229,7 +254,7 @@ class ULMFiTTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if isinstance(sampler, LengthGroupedSampler):
-            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.args.seed)
+            return SortedBatchesSampler(sampler.batch_size, sampler.lengths, self.args.seed)
         return sampler
 
     def _get_eval_sampler(self, eval_dataset):
