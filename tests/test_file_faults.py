@@ -130,6 +130,53 @@ def test_config_and_tokenizer_of_different_vocabularies_are_refused(saved, tmp_p
         pipeline("text-generation", model=str(folder))
 
 
+def as_hub_cache(folder: Path, cache: Path, repo_id: str = "someone/awd-lstm") -> str:
+    """Lay `folder` out as huggingface_hub's cache holds a downloaded repository (blobs, a snapshot of
+    links to them, refs/main), so that `from_pretrained(repo_id, cache_dir=cache)` reads it offline."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for path in folder.iterdir():
+        blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+        shutil.copyfile(path, blob)
+        (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return repo_id
+
+
+def _retokenize_with_8_more_ids(folder: Path) -> None:
+    AWDLSTMTokenizer.from_itos(ITOS + [f"extra{i}" for i in range(8)]).save_pretrained(folder)
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda folder: (folder / "model.safetensors").write_bytes(_flip_tensor_bytes((folder / "model.safetensors").read_bytes())),
+     "model.safetensors is corrupted"),
+    (lambda folder: (folder / "model.safetensors").write_bytes(_truncate_in_tensors((folder / "model.safetensors").read_bytes())),
+     "model.safetensors is not a readable safetensors file"),
+    (_retokenize_with_8_more_ids, "has vocab_size 40 but the tokenizer in .* has 48 ids"),
+])
+@pytest.mark.parametrize("load", [AWDLSTMForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained])
+def test_faulty_files_are_refused_when_loaded_by_hub_id(saved, tmp_path, damage, problem, load):
+    """The checks hold for a repository id as for a local folder: its snapshot in the Hub cache is what
+    transformers reads, so a corrupted download is refused, naming the cached file."""
+    folder = copy_of(saved, tmp_path)
+    damage(folder)
+    repo_id = as_hub_cache(folder, tmp_path / "hub")
+    with pytest.raises((OSError, ValueError), match=problem) as error:
+        load(repo_id, cache_dir=tmp_path / "hub")
+    assert str(tmp_path / "hub" / "models--someone--awd-lstm" / "snapshots") in str(error.value)
+
+
+def test_sound_repository_loads_by_hub_id_with_the_saved_weights(saved, tmp_path):
+    repo_id = as_hub_cache(copy_of(saved, tmp_path), tmp_path / "hub")
+    loaded = AutoModelForCausalLM.from_pretrained(repo_id, cache_dir=tmp_path / "hub")
+    for name, value in saved[1].state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
 def test_tokens_added_and_embeddings_resized_still_load(saved, tmp_path):
     """Added tokens count as tokenizer ids: a tokenizer with one added token and a model resized to match
     load together."""

@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from transformers import GenerationMixin, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 from transformers import initialization as init
 from transformers.generation.utils import GenerateDecoderOnlyOutput
-from transformers.utils import ModelOutput
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, cached_file
 
 from .configuration_awd_lstm import DROPOUT_KEYS, AWDLSTMConfig
 
@@ -117,6 +117,33 @@ def check_model_folder(folder: str | os.PathLike) -> None:
             raise ValueError(f"{config_file} has vocab_size {vocab_size} but the tokenizer in {folder} "
                              f"(vocab.json) has {n_ids} ids: the folder mixes a model and a tokenizer of different "
                              "vocabularies; save the model's own tokenizer with it")
+
+
+# `from_pretrained` keyword arguments that say where and how to fetch a Hub repository's files.
+HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+
+
+def fetch_hub_model_files(repo_id: str, from_pretrained_kwargs: dict) -> Path | None:
+    """Fetch into the Hub cache the files `from_pretrained(repo_id)` reads (config, weights: one file or the
+    shards of an index) and the tokenizer's vocabulary, and return their snapshot folder, so that
+    `check_model_folder` sees exactly what transformers will load. None when they cannot be fetched:
+    transformers then raises its own error about the repository."""
+    hub = {key: from_pretrained_kwargs[key] for key in HUB_DOWNLOAD_KWARGS if key in from_pretrained_kwargs}
+
+    def fetch(filename: str) -> str | None:
+        return cached_file(repo_id, filename, _raise_exceptions_for_missing_entries=False, **hub)
+
+    try:
+        config = fetch(CONFIG_NAME)
+        if config is None:
+            return None
+        index = fetch(SAFE_WEIGHTS_INDEX_NAME)
+        shards = sorted(set(json.loads(Path(index).read_text())["weight_map"].values())) if index else [SAFE_WEIGHTS_NAME]
+        for name in [*shards, "vocab.json", "tokenizer_config.json"]:
+            fetch(name)
+    except OSError:
+        return None
+    return Path(config).parent
 
 
 class AWDLSTMCache:
@@ -340,11 +367,14 @@ class AWDLSTMPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """transformers' `from_pretrained`, after `check_model_folder` on a local folder: a truncated or
-        corrupted weights file, or a tokenizer of another vocabulary, is an error naming the file."""
+        """transformers' `from_pretrained`, after `check_model_folder` on the files it will read (a local
+        folder, or a Hub repository's snapshot in the cache): a truncated or corrupted weights file, or a
+        tokenizer of another vocabulary, is an error naming the file."""
         if pretrained_model_name_or_path is not None:
             folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
-            if folder.is_dir():
+            if not folder.is_dir():
+                folder = fetch_hub_model_files(pretrained_model_name_or_path, kwargs)
+            if folder is not None:
                 check_model_folder(folder)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
