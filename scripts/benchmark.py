@@ -18,7 +18,11 @@ Evaluation (`--model` and/or `--lm`, offline with the metric modules of `awd_lst
   from the folder's `training_settings.json` (its seed, `lm_docs`, `lm_valid_pct`); for a folder without
   one (e.g. a converted checkpoint), on the classification test reviews above, which the LM may have
   seen. `--heldout_docs N` takes the first N. Plus reviews/s and tokens/s.
-- `--update-card` writes each folder's results into its model card (table and `model-index`).
+- Each folder must hold the head of its flag (config.json's `architectures`), else nothing is evaluated.
+- `--update-card` writes each folder's results into its model card (table and `model-index`; an undefined
+  value, JSON null, gets no `model-index` entry), after benchmark.json and benchmark.md; a folder without a
+  README.md gets a card from the package's template, a README without YAML metadata gets the package's
+  metadata. A card that cannot be read is an error before the evaluation.
 - The reviews come from the IMDB copy train.py recorded in the folders' `training_settings.json` (the
   held-out and test reviews are defined on it); `--dataset` is needed only for folders without one, and
   a `--dataset` that differs from the recorded one is used with a warning.
@@ -52,6 +56,7 @@ medians and ratios with the machine's description to `--doc` (docs/benchmarks.md
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -81,7 +86,7 @@ from awd_lstm_hf.data import (
     load_imdb,
     tokenize_corpus,
 )
-from awd_lstm_hf.export import TRAINING_SETTINGS, record_benchmark
+from awd_lstm_hf.export import PIPELINE_TAGS, TRAINING_SETTINGS, folder_card, pipeline_tag, record_benchmark
 from awd_lstm_hf.tokenization_awd_lstm import SPECIAL_TOKENS, build_vocab, fastai_tokenize_batch
 from awd_lstm_hf.training import LMTrainer, Stage, describe_precision, fit_one_cycle, mixed_precision
 
@@ -471,6 +476,12 @@ def heldout_reviews(lm_dir: Path, imdb, fallback, heldout_docs: int | None):
     return reviews, split, about
 
 
+def defined(value: float, digits: int) -> float | None:
+    """`value` rounded, or None (JSON null, no model-index entry) when it is undefined: NaN, e.g. the
+    perplexity of reviews that give no prediction."""
+    return None if math.isnan(value) else round(value, digits)
+
+
 def classification_benchmark(model_dir: Path, reviews, about: str, batch_size: int, num_proc: int) -> dict:
     """`evaluate`'s text-classification evaluator with our accuracy and F1; throughput from its timing."""
     import evaluate  # here, not at the top: the LM training worker's peak RSS should not carry it
@@ -487,7 +498,7 @@ def classification_benchmark(model_dir: Path, reviews, about: str, batch_size: i
     tokens = sum(len(tokens) for tokens in tokenize_corpus(reviews, num_proc=num_proc)["tokens"])
     return {
         "benchmark": "text-classification", "model": str(model_dir), "data": about,
-        "accuracy": round(results["accuracy"], 4), "f1": round(results["f1"], 4),
+        "accuracy": defined(results["accuracy"], 4), "f1": defined(results["f1"], 4),
         "docs_per_s": round(results["samples_per_second"], 1),
         "tokens_per_s": round(tokens / results["total_time_in_seconds"], 1), "batch_size": batch_size,
     }
@@ -503,7 +514,7 @@ def perplexity_benchmark(lm_dir: Path, reviews, about: str, batch_size: int) -> 
     seconds = time.perf_counter() - started
     return {
         "benchmark": "lm-perplexity", "model": str(lm_dir), "data": about,
-        "perplexity": round(results["perplexity"], 2), "mean_perplexity": round(results["mean_perplexity"], 2),
+        "perplexity": defined(results["perplexity"], 2), "mean_perplexity": defined(results["mean_perplexity"], 2),
         "predicted_tokens": results["predicted_tokens"], "docs_per_s": round(len(reviews) / seconds, 1),
         "tokens_per_s": round((results["predicted_tokens"] + len(reviews)) / seconds, 1), "batch_size": batch_size,
     }
@@ -555,34 +566,64 @@ def evaluation_dataset(args) -> str:
     return datasets[0]
 
 
-def evaluation_benchmark(args) -> list[dict]:
+def check_folders(args) -> None:
+    """Before any evaluation: `--model` is a classifier folder and `--lm` a language model's (another head
+    would be evaluated with a freshly initialised head or decoder bias), and with `--update-card` their
+    cards can take the results. Raises ValueError."""
+    for flag, folder, expected in (("--model", args.model, "text-classification"), ("--lm", args.lm, "text-generation")):
+        if folder is None:
+            continue
+        config = AutoConfig.from_pretrained(folder)
+        try:
+            tag = pipeline_tag(config)
+        except ValueError as error:
+            raise ValueError(f"{flag} {folder}: {error}") from error
+        if tag != expected:
+            wanted = next(name for name, task in PIPELINE_TAGS.items() if task == expected)
+            raise ValueError(f"{flag} {folder} is a {tag} model (its config's architectures: {config.architectures}); "
+                             f"{flag} takes a {expected} folder ({wanted})")
+        if args.update_card:
+            folder_card(folder)
+
+
+def evaluation_benchmark(args) -> tuple[list[dict], list[dict]]:
+    """The result rows, and for `--update-card` what `record_benchmark` writes into each folder's card (after
+    the rows are saved: a card that fails to update loses no evaluation)."""
     imdb = load_imdb(evaluation_dataset(args))
     reviews, about = imdb_test_reviews(imdb, args.test_docs, args.seed)
-    rows = []
+    rows, cards = [], []
     if args.model:
         rows.append(classification_benchmark(args.model, reviews, about, args.batch_size, args.num_proc))
-        if args.update_card:
-            record_benchmark(args.model, {key: rows[-1][key] for key in ("accuracy", "f1")}, dataset=IMDB_HUB_ID,
-                             split="test", table=card_table(rows[-1]))
+        cards.append(dict(folder=args.model, results={key: rows[-1][key] for key in ("accuracy", "f1")},
+                          dataset=IMDB_HUB_ID, split="test", table=card_table(rows[-1])))
     if args.lm:
         heldout, split, heldout_about = heldout_reviews(args.lm, imdb, (reviews, about), args.heldout_docs)
         rows.append(perplexity_benchmark(args.lm, heldout, heldout_about, args.batch_size))
-        if args.update_card:
-            record_benchmark(args.lm, {"perplexity": rows[-1]["perplexity"]}, dataset=IMDB_HUB_ID, split=split,
-                             table=card_table(rows[-1]))
-    return rows
+        cards.append(dict(folder=args.lm, results={"perplexity": rows[-1]["perplexity"]}, dataset=IMDB_HUB_ID,
+                          split=split, table=card_table(rows[-1])))
+    return rows, cards if args.update_card else []
 
 
 def markdown_table(rows: list[dict]) -> str:
+    def cell(value) -> str:
+        return "undefined" if value is None else str(value)  # None: a NaN result, null in the JSON
+
     columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def card_table(row: dict) -> str:
     """A result row for the model card of its folder: the card is the folder's, so no local path in it."""
     return markdown_table([{key: value for key, value in row.items() if key != "model"}])
+
+
+def at_least_one(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def main(argv=None):
@@ -608,10 +649,11 @@ def main(argv=None):
     evaluation.add_argument("--lm", type=Path, help="a language-model folder: perplexity on held-out reviews")
     evaluation.add_argument("--dataset", help="IMDB: Hub id or a local copy (default: the one the folders' "
                             f"training_settings.json records, else {IMDB_HUB_ID})")
-    evaluation.add_argument("--test_docs", type=int, help="a sample of this many test reviews (default: all)")
-    evaluation.add_argument("--heldout_docs", type=int, help="perplexity on the first N held-out reviews (default: all)")
+    evaluation.add_argument("--test_docs", type=at_least_one, help="a sample of this many test reviews (default: all)")
+    evaluation.add_argument("--heldout_docs", type=at_least_one,
+                            help="perplexity on the first N held-out reviews (default: all)")
     evaluation.add_argument("--seed", type=int, default=42, help="of the test sample (train.py's default seed)")
-    evaluation.add_argument("--batch_size", type=int, default=16)
+    evaluation.add_argument("--batch_size", type=at_least_one, default=16)
     evaluation.add_argument("--num_proc", type=int, default=os.cpu_count(), help="processes for tokenising")
     evaluation.add_argument("--update-card", action="store_true", help="write the results into the folders' model cards")
     args = parser.parse_args(argv)
@@ -620,16 +662,28 @@ def main(argv=None):
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    cards = []
     if args.model or args.lm:
-        rows = evaluation_benchmark(args)
+        try:
+            check_folders(args)
+        except (OSError, ValueError) as error:
+            parser.error(str(error))
+        rows, cards = evaluation_benchmark(args)
     else:
         rows = generation_benchmark(args.preset, args.vocab_size, args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmark.json").write_text(json.dumps({"torch_threads": torch.get_num_threads(), "results": rows}, indent=2))
+    (args.out / "benchmark.json").write_text(json.dumps({"torch_threads": torch.get_num_threads(), "results": rows},
+                                                        indent=2, allow_nan=False))
     tables = [markdown_table([row for row in rows if row["benchmark"] == name])
               for name in dict.fromkeys(row["benchmark"] for row in rows)]
     (args.out / "benchmark.md").write_text("\n\n".join(tables) + "\n")
     print("\n\n".join(tables))
+    for card in cards:
+        try:
+            record_benchmark(**card)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"the results are saved in {args.out}, but the model card of {card['folder']} could not "
+                             f"be updated: {error}") from error
     if args.compare_fastai:
         machine = machine_description()
         run_settings, comparison_rows = compare_with_fastai(args)

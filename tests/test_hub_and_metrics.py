@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from datasets import ClassLabel, Dataset, Features, Value
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from test_convert_and_load import run_without_the_package
 from tiny_imdb import WORDS, write_tiny_imdb
@@ -23,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMTokenizer, metrics
 from awd_lstm_hf.data import classification_splits, lm_corpus, load_imdb
-from awd_lstm_hf.export import push_to_hub
+from awd_lstm_hf.export import eval_results, push_to_hub
 from awd_lstm_hf.tokenization_awd_lstm import SPECIAL_TOKENS
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -158,6 +159,27 @@ def test_perplexity_is_the_same_batched_padded_or_alone_and_equals_a_hand_loop()
         assert result["predicted_tokens"] == 0
 
 
+@torch.no_grad()
+def test_perplexity_reads_without_dropout_and_gives_the_model_back_in_its_mode():
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = AWDLSTMForCausalLM(AWDLSTMConfig(vocab_size=len(tokenizer), embedding_size=8, hidden_size=12,
+                                             num_hidden_layers=2)).eval()
+    texts = ["I liked this movie.", "the plot and the actors", "It was bad, not good"]
+    nll, counts = zip(*(nll_by_hand(model, tokenizer, text) for text in texts))
+    for training in (True, False, True):
+        model.train(training)
+        result = metrics.load("perplexity").compute(predictions=texts, model=model, tokenizer=tokenizer)
+        assert result["perplexity"] == pytest.approx(math.exp(sum(nll) / sum(counts)), rel=1e-5)
+        assert {module.training for module in model.modules()} == {training}
+
+
+def test_undefined_results_have_no_model_index_entry():
+    results = {"perplexity": math.nan, "accuracy": None, "f1": math.inf, "mean_perplexity": 12.5}
+    entries = eval_results("text-generation", results, dataset="stanfordnlp/imdb", split="test")
+    assert [(entry.metric_type, entry.metric_value) for entry in entries] == [("mean_perplexity", 12.5)]
+
+
 # ------------------------------------------------------------------------------------------------
 # push_to_hub
 # ------------------------------------------------------------------------------------------------
@@ -179,6 +201,7 @@ def test_train_script_pushes_both_folders_as_written(trained):
     measured = json.loads((run / "metrics.json").read_text())["classifier"]["test_accuracy"]
     assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("accuracy", round(measured, 6))]
     assert "trust_remote_code=True" in card.text and "## Limits" in card.text
+    assert "An AWD-LSTM (text classifier, labels: neg, pos)" in card.text
 
 
 @torch.no_grad()
@@ -338,3 +361,132 @@ def test_benchmark_on_a_folder_without_training_settings_uses_the_test_reviews(t
     assert row["perplexity"] == round(expected, 2)
     assert row["data"] == ("first 4 of IMDB test: 10 reviews (label-stratified sample, seed 42); "
                            "the LM's training data is unknown")
+
+
+def test_benchmark_refuses_a_folder_of_the_other_head_before_evaluating(trained, tiny_imdb, tmp_path, capsys):
+    """`--lm` evaluates a language model and `--model` a classifier: a folder of the other head would be read
+    with a freshly initialised decoder bias or head. Refused from config.json's architectures, before any
+    evaluation, output or card update."""
+    run, _ = trained
+    no_architectures = shutil.copytree(run / "lm", tmp_path / "no-architectures")
+    config = json.loads((no_architectures / "config.json").read_text())
+    del config["architectures"]
+    (no_architectures / "config.json").write_text(json.dumps(config))
+    folders = [run / "lm", run / "classifier", no_architectures]
+    files = {folder: files_of(folder) for folder in folders}
+    classifier_as_lm = (f"--lm {run / 'classifier'} is a text-classification model (its config's architectures: "
+                        "['AWDLSTMForSequenceClassification']); --lm takes a text-generation folder (AWDLSTMForCausalLM)")
+    lm_as_classifier = (f"--model {run / 'lm'} is a text-generation model (its config's architectures: "
+                        "['AWDLSTMForCausalLM']); --model takes a text-classification folder "
+                        "(AWDLSTMForSequenceClassification)")
+    for flags, message in (
+        (["--lm", str(run / "classifier")], classifier_as_lm),
+        (["--model", str(run / "lm")], lm_as_classifier),
+        (["--model", str(run / "lm"), "--lm", str(run / "classifier")], lm_as_classifier),
+        (["--model", str(run / "classifier"), "--lm", str(run / "classifier")], classifier_as_lm),
+        (["--lm", str(no_architectures)], f"--lm {no_architectures}: its config's architectures [] are not one of "
+         "awd-lstm-hf's ['AWDLSTMForCausalLM', 'AWDLSTMForSequenceClassification']"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            load_script("benchmark").main([*flags, "--dataset", str(tiny_imdb), "--out", str(tmp_path / "out"),
+                                           "--update-card"])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.endswith(f"error: {message}\n")
+    assert not (tmp_path / "out").exists()
+    assert {folder: files_of(folder) for folder in folders} == files
+
+
+def with_empty_test_reviews(root: Path) -> Path:
+    """The tiny IMDB folder whose test reviews are all empty: no text gives a prediction."""
+    write_tiny_imdb(root, seed=0)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    Dataset.from_dict({"text": [""] * 8, "label": [0, 1] * 4}, features=features).to_parquet(
+        str(root / "plain_text" / "test-00000-of-00001.parquet"))
+    return root
+
+
+def test_benchmark_writes_an_undefined_result_as_null_and_keeps_it_out_of_model_index(trained, tmp_path):
+    run, _ = trained
+    lm = shutil.copytree(run / "lm", tmp_path / "lm")
+    (lm / "training_settings.json").unlink()  # perplexity on the (empty) test reviews
+    load_script("benchmark").main(["--lm", str(lm), "--dataset", str(with_empty_test_reviews(tmp_path / "imdb")),
+                                   "--test_docs", "4", "--out", str(tmp_path / "out"), "--update-card"])
+
+    def refuse(constant):
+        raise AssertionError(f"benchmark.json holds {constant}, which is not JSON")
+
+    row = json.loads((tmp_path / "out" / "benchmark.json").read_text(), parse_constant=refuse)["results"][0]
+    assert (row["perplexity"], row["mean_perplexity"], row["predicted_tokens"]) == (None, None, 0)
+    assert "| undefined | undefined | 0 |" in (tmp_path / "out" / "benchmark.md").read_text()
+    card = ModelCard.load(lm / "README.md")
+    assert [(r.metric_type, r.dataset_split) for r in card.data.eval_results] == [("perplexity", None), ("accuracy", None)]
+    assert "| undefined | undefined | 0 |" in card.text
+    assert ".nan" not in (lm / "README.md").read_text() and "NaN" not in (lm / "README.md").read_text()
+
+
+@pytest.mark.parametrize("flag", ["--test_docs", "--heldout_docs", "--batch_size"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_benchmark_refuses_counts_below_one(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_script("benchmark").main(["--lm", str(tmp_path / "lm"), flag, str(value), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: argument {flag}: must be at least 1, got {value}\n")
+
+
+def test_benchmark_update_card_makes_the_card_a_folder_lacks(trained, tiny_imdb, tmp_path):
+    """A folder without README.md gets the package's card, a README without YAML metadata the package's
+    metadata (its text kept), metadata without a pipeline_tag the folder's; each then carries the results,
+    as a card written by train.py does."""
+    run, _ = trained
+    missing = shutil.copytree(run / "classifier", tmp_path / "missing")
+    (missing / "README.md").unlink()
+    notes = shutil.copytree(run / "classifier", tmp_path / "notes")
+    (notes / "README.md").write_text("# My notes\n\nKeep this.\n")
+    no_task = shutil.copytree(run / "classifier", tmp_path / "no-task")  # metadata without pipeline_tag
+    (no_task / "README.md").write_text("---\nlicense: mit\n---\n# Mine\n")
+    for folder in (missing, notes, no_task):
+        out = tmp_path / f"out-{folder.name}"
+        load_script("benchmark").main(["--model", str(folder), "--dataset", str(tiny_imdb), "--test_docs", "10",
+                                       "--batch_size", "4", "--out", str(out), "--update-card"])
+        row = json.loads((out / "benchmark.json").read_text())["results"][0]
+        card = ModelCard.load(folder / "README.md")
+        assert (card.data.pipeline_tag, card.data.model_name) == ("text-classification", folder.name)
+        assert [(r.metric_type, r.metric_value, r.dataset_split) for r in card.data.eval_results] == [
+            ("accuracy", row["accuracy"], "test"), ("f1", row["f1"], "test")]
+        assert f"| {row['accuracy']} | {row['f1']} |" in card.text
+    missing_text = ModelCard.load(missing / "README.md").text
+    assert "An AWD-LSTM (text classifier, labels: neg, pos)" in missing_text
+    assert "Unknown: the folder had no model card when its results were recorded." in missing_text
+    assert ModelCard.load(notes / "README.md").text.lstrip("\n").startswith("# My notes\n\nKeep this.\n\n## Benchmark")
+    assert ModelCard.load(no_task / "README.md").data.license == "mit"
+
+
+def test_benchmark_checks_the_cards_before_evaluating_and_saves_the_results_first(trained, tiny_imdb, tmp_path,
+                                                                                 capsys, monkeypatch):
+    run, _ = trained
+    folder = shutil.copytree(run / "classifier", tmp_path / "classifier")
+    (folder / "README.md").write_text("---\nlicense: [apache\n---\n# text\n")
+    argv = ["--model", str(folder), "--dataset", str(tiny_imdb), "--test_docs", "10", "--batch_size", "4",
+            "--out", str(tmp_path / "out"), "--update-card"]
+    with pytest.raises(SystemExit) as exit_:
+        load_script("benchmark").main(argv)
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert f"error: {folder / 'README.md'} cannot be read as a model card (" in error
+    assert error.endswith("); fix its YAML header or remove the file\n")
+    assert not (tmp_path / "out").exists()
+
+    shutil.copy(run / "classifier" / "README.md", folder / "README.md")
+    benchmark = load_script("benchmark")
+
+    def unwritable(folder, *args, **kwargs):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(benchmark, "record_benchmark", unwritable)
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.main(argv)
+    assert str(exit_.value) == (f"the results are saved in {tmp_path / 'out'}, but the model card of {folder} could "
+                                "not be updated: read-only file system")
+    row = json.loads((tmp_path / "out" / "benchmark.json").read_text())["results"][0]
+    assert row["benchmark"] == "text-classification" and 0 <= row["accuracy"] <= 1
+    assert f"| {row['accuracy']} |" in (tmp_path / "out" / "benchmark.md").read_text()

@@ -19,7 +19,8 @@ batched by length and padded, which changes no result: the model reads only the 
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list[str]`): the texts.
-    model: an AWD-LSTM language model, or the folder (or Hub id) of one.
+    model: an AWD-LSTM language model (read in eval mode, then put back in its mode), or the folder (or
+        Hub id) of one.
     tokenizer: its tokenizer (default: loaded from the `model` folder).
     batch_size (`int`): texts per forward pass (default 16).
 Returns:
@@ -49,33 +50,42 @@ class Perplexity(evaluate.Metric):
             features=datasets.Features({"predictions": datasets.Value("string")}),
         )
 
-    @torch.no_grad()
     def _compute(self, predictions, model, tokenizer=None, batch_size=16):
         if isinstance(model, (str, os.PathLike)):
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
             model = AutoModelForCausalLM.from_pretrained(model)
         if tokenizer is None:
             raise ValueError("perplexity needs the tokenizer when `model` is a model object")
-        model.eval()
-        device = next(model.parameters()).device
-        encoded = tokenizer(list(predictions))["input_ids"] if predictions else []
-        nll, counts = [0.0] * len(encoded), [max(len(ids) - 1, 0) for ids in encoded]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths, little padding
-        for start in range(0, len(order), batch_size):
-            rows = [i for i in order[start : start + batch_size] if counts[i]]
-            if not rows:
-                continue
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(device)
-            hidden = model(**batch, skip_logits=True).last_hidden_state
-            for row, index in enumerate(rows):
-                real = batch["attention_mask"][row].bool()  # either padding side
-                nll[index] = text_nll(model, hidden[row][real], batch["input_ids"][row][real])
-        total = sum(counts)
-        perplexities = [math.exp(n / c) if c else math.nan for n, c in zip(nll, counts)]
-        defined = [p for p in perplexities if not math.isnan(p)]
-        return {
-            "perplexity": math.exp(sum(nll) / total) if total else math.nan,
-            "perplexities": perplexities,
-            "mean_perplexity": sum(defined) / len(defined) if defined else math.nan,
-            "predicted_tokens": total,
-        }
+        was_training = model.training
+        model.eval()  # no dropout; the caller's model is put back in its mode afterwards
+        try:
+            return perplexities(predictions, model, tokenizer, batch_size)
+        finally:
+            model.train(was_training)
+
+
+@torch.no_grad()
+def perplexities(texts: list[str], model, tokenizer, batch_size: int) -> dict:
+    """The metric's results (see _KWARGS_DESCRIPTION) for `model` in eval mode."""
+    device = next(model.parameters()).device
+    encoded = tokenizer(list(texts))["input_ids"] if texts else []
+    nll, counts = [0.0] * len(encoded), [max(len(ids) - 1, 0) for ids in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths, little padding
+    for start in range(0, len(order), batch_size):
+        rows = [i for i in order[start : start + batch_size] if counts[i]]
+        if not rows:
+            continue
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(device)
+        hidden = model(**batch, skip_logits=True).last_hidden_state
+        for row, index in enumerate(rows):
+            real = batch["attention_mask"][row].bool()  # either padding side
+            nll[index] = text_nll(model, hidden[row][real], batch["input_ids"][row][real])
+    total = sum(counts)
+    per_text = [math.exp(n / c) if c else math.nan for n, c in zip(nll, counts)]
+    defined = [p for p in per_text if not math.isnan(p)]
+    return {
+        "perplexity": math.exp(sum(nll) / total) if total else math.nan,
+        "perplexities": per_text,
+        "mean_perplexity": sum(defined) / len(defined) if defined else math.nan,
+        "predicted_tokens": total,
+    }
