@@ -12,9 +12,14 @@
 `--vocab` is fastai's `itos.pkl` (no pickled global allowed), a JSON list or a text file with one token
 per line. A whole pickled Learner (`learn.export()`, export.pkl) is refused: reading it would run its
 code. Sizes come from the tensors; dropouts cannot, so the folder gets fastai's defaults for the task
-unless given (`--drop-mult`, `--embed-p`, ...). The folder loads with `pipeline(...)` (with our package)
-or `trust_remote_code=True` (without); `--push_to_hub REPO_ID` also uploads it to that Hub repository
-(token: HF_TOKEN or the saved login).
+unless given (`--drop-mult`, `--embed-p`, ...). A classifier's class names are not in the weights either
+(fastai keeps them in `dls.vocab[1]`): `--labels neg,pos` gives them in the order of the head's outputs;
+without it a 2-output head is labelled neg, pos (an IMDB classifier: fastai sorts the folder names) and
+others LABEL_0, LABEL_1, ..., and the card says the names were assumed. The folder loads with
+`pipeline(...)` (with our package) or `trust_remote_code=True` (without); `--push_to_hub REPO_ID` also
+uploads it to that Hub repository (token: HF_TOKEN or the saved login). Flags no model could use (a
+label count or head width below 1, a dropout that `--drop-mult` takes to 1 or more, a repository id the
+Hub refuses) are argument errors, before anything is read or written.
 """
 
 import argparse
@@ -22,8 +27,10 @@ import json
 import sys
 from pathlib import Path
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 from awd_lstm_hf.configuration_awd_lstm import DROPOUT_KEYS
-from awd_lstm_hf.convert import CheckpointError, convert_fastai_files
+from awd_lstm_hf.convert import CheckpointError, check_config_overrides, convert_fastai_files
 from awd_lstm_hf.export import model_card_text, push_to_hub, save_model_folder
 
 
@@ -45,6 +52,31 @@ def convert(weights: Path, vocab: Path, task: str, out: Path, model_id: str | No
     return save_model_folder(conversion.model, conversion.tokenizer, out, card)
 
 
+def label_names(value: str) -> dict[int, str]:
+    """`--labels neg,pos`: the classes in the order of the head's outputs, as id2label."""
+    names = [name.strip() for name in value.split(",")]
+    if "" in names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct, non-empty names separated by commas, got {value!r}")
+    return dict(enumerate(names))
+
+
+def json_value(value: str):
+    """`--lin-ftrs '[50]'` (AWDLSTMConfig checks that it is a list of widths)."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error}): {value!r}") from error
+
+
+def hub_repo_id(value: str) -> str:
+    """huggingface_hub's rules for a repository id, checked before anything is converted or written."""
+    try:
+        validate_repo_id(value)
+    except HFValidationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, required=True)
@@ -52,19 +84,28 @@ def main(argv=None) -> int:
     parser.add_argument("--task", choices=["lm", "classification"], required=True)
     parser.add_argument("--bptt", type=int, help="classifier chunk length (fastai seq_len, default 72)")
     parser.add_argument("--max-len", type=int, help="classifier pooled window (fastai max_len, default 1440)")
-    parser.add_argument("--num-labels", type=int, help="encoder-only file: classes of the new head (default 2)")
-    parser.add_argument("--lin-ftrs", type=json.loads, metavar="JSON",
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument("--labels", type=label_names, metavar="NAME,NAME,...",
+                        help="the classes in the order of the head's outputs (fastai's dls.vocab[1]); default: "
+                        "neg,pos for 2 outputs (IMDB), else LABEL_0, LABEL_1, ...")
+    labels.add_argument("--num-labels", type=int, help="encoder-only file: classes of the new head (default 2)")
+    parser.add_argument("--lin-ftrs", type=json_value, metavar="JSON",
                         help="encoder-only file: hidden widths of the new head, e.g. '[50]' (fastai's default)")
     for key in DROPOUT_KEYS:
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, help=f"fastai {key} (default: fastai's for the task)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the folder to this Hub model repository")
+    parser.add_argument("--push_to_hub", metavar="REPO_ID", type=hub_repo_id,
+                        help="upload the folder to this Hub model repository")
     args = parser.parse_args(argv)
-    overrides = {"bptt": args.bptt, "max_len": args.max_len, "num_labels": args.num_labels,
+    overrides = {"bptt": args.bptt, "max_len": args.max_len, "num_labels": args.num_labels, "id2label": args.labels,
                  "classifier_hidden_sizes": args.lin_ftrs, **{key: getattr(args, key) for key in DROPOUT_KEYS}}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
     try:
-        folder = convert(args.weights, args.vocab, args.task, args.out, model_id=args.push_to_hub,
-                         **{key: value for key, value in overrides.items() if value is not None})
+        check_config_overrides(args.task, **overrides)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        folder = convert(args.weights, args.vocab, args.task, args.out, model_id=args.push_to_hub, **overrides)
     except (CheckpointError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForCausalLM, AWDLSTMTokenizer  # registers the Auto classes
@@ -183,4 +184,102 @@ def test_bad_vocab_files_are_clear_errors(tmp_path, fastai_dir, capsys, content,
     assert code == 1
     error = capsys.readouterr().err
     assert str(vocab) in error and message in error
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags: refused before anything is read or written; label names
+# ----------------------------------------------------------------------------------------------
+
+WIDTHS = "classifier_hidden_sizes must be a list of widths of at least 1 (fastai's lin_ftrs, e.g. [50]), got"
+REFUSED_FLAGS = {
+    "no labels": (["--num-labels", "0"], "num_labels must be at least 1, got 0"),
+    "negative labels": (["--num-labels", "-2"], "num_labels must be at least 1, got -2"),
+    "zero width": (["--lin-ftrs", "[0]"], f"{WIDTHS} [0]"),
+    "width without a list": (["--lin-ftrs", "50"], f"{WIDTHS} 50"),
+    "width not a number": (["--lin-ftrs", '["a"]'], f"{WIDTHS} ['a']"),
+    "width a boolean": (["--lin-ftrs", "[true]"], f"{WIDTHS} [True]"),
+    "widths not JSON": (["--lin-ftrs", "[50"],
+                        "argument --lin-ftrs: not JSON (Expecting ',' delimiter: line 1 column 4 (char 3)): '[50'"),
+    "drop_mult past 1": (["--drop-mult", "10"], "input_p * drop_mult must be [0, 1.0), got 4.0"),
+    "dropout of 1": (["--output-p", "1"], "output_p must be [0, 1.0), got 1.0"),
+    "empty label": (["--labels", "neg,,pos"],
+                    "argument --labels: expected distinct, non-empty names separated by commas, got 'neg,,pos'"),
+    "repeated label": (["--labels", "pos,pos"],
+                       "argument --labels: expected distinct, non-empty names separated by commas, got 'pos,pos'"),
+    "labels and a count": (["--labels", "a,b", "--num-labels", "2"],
+                           "argument --num-labels: not allowed with argument --labels"),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED_FLAGS)
+def test_flags_no_model_can_use_are_argument_errors_before_anything_is_written(name, tmp_path, fastai_dir, capsys):
+    flags, message = REFUSED_FLAGS[name]
+    with pytest.raises(SystemExit) as exit_:
+        load_script().main(["--weights", str(fastai_dir / "clas_model.pth"), "--vocab", str(fastai_dir / "itos.pkl"),
+                            "--task", "classification", "--out", str(tmp_path / "out"), *flags])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: {message}\n")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("repo_id", ["bad id", "user/name/extra", "user/" + "x" * 100, "user--name"])
+def test_hub_ids_the_hub_refuses_are_argument_errors_before_anything_is_written(repo_id, tmp_path, fastai_dir, capsys):
+    with pytest.raises(HFValidationError) as refusal:
+        validate_repo_id(repo_id)
+    with pytest.raises(SystemExit) as exit_:
+        load_script().main(["--weights", str(fastai_dir / "lm_model.pth"), "--vocab", str(fastai_dir / "itos.pkl"),
+                            "--task", "lm", "--out", str(tmp_path / "out"), "--push_to_hub", repo_id])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: argument --push_to_hub: {refusal.value}\n")
+    assert not (tmp_path / "out").exists()
+
+
+IMDB_LABELS_NOTE = ("label names (fastai keeps them in `dls.vocab[1]`, not in the weights): IMDB's neg, pos "
+                    "(fastai's sorted order); give the real ones in order as id2label (the converter's --labels)")
+
+
+def convert_classifier(tmp_path, weights: Path, vocab: Path, *flags) -> tuple[int, dict, str]:
+    """The script on a classifier: exit code, the folder's id2label and its card's text."""
+    code = load_script().main(["--weights", str(weights), "--vocab", str(vocab), "--task", "classification",
+                               "--out", str(tmp_path / "out"), *flags])
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    return code, config["id2label"], (tmp_path / "out" / "README.md").read_text()
+
+
+def test_label_names_are_given_or_said_to_be_assumed(tmp_path, fastai_dir, capsys):
+    """`--labels` names the head's outputs in order; without it, a 2-output head is IMDB's neg/pos and any
+    other LABEL_i, and the output and the card say the names were assumed. The card states the labels and
+    claims no meaning for them."""
+    weights, vocab = fastai_dir / "clas_model.pth", fastai_dir / "itos.pkl"
+    code, id2label, card = convert_classifier(tmp_path / "given", weights, vocab, "--labels", "bad, good")
+    assert (code, id2label) == (0, {"0": "bad", "1": "good"})
+    assert "AWD-LSTM (text classifier, labels: bad, good)" in card and "label names" not in card
+    assert "label names" not in capsys.readouterr().out
+
+    code, id2label, card = convert_classifier(tmp_path / "assumed", weights, vocab)
+    assert (code, id2label) == (0, {"0": "neg", "1": "pos"})
+    assert f"note: {IMDB_LABELS_NOTE}\n" in capsys.readouterr().out
+    assert f"Not in the file: {IMDB_LABELS_NOTE}." in card and "AWD-LSTM (text classifier, labels: neg, pos)" in card
+
+    encoder = tmp_path / "encoder.pth"  # learn.save_encoder: a new head of --num-labels outputs
+    state = torch.load(fastai_dir / "lm_model.pth", weights_only=True)
+    torch.save({key[2:]: value for key, value in state.items() if key.startswith("0.")}, encoder)
+    code, id2label, card = convert_classifier(tmp_path / "three", encoder, vocab, "--num-labels", "3")
+    assert (code, id2label) == (0, {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"})
+    assert "AWD-LSTM (text classifier, labels: LABEL_0, LABEL_1, LABEL_2)" in card
+    assert "label names (fastai keeps them in `dls.vocab[1]`, not in the weights): LABEL_0, LABEL_1, LABEL_2;" in card
+    code, id2label, card = convert_classifier(tmp_path / "named", encoder, vocab, "--labels", "neg,mixed,pos")
+    assert (code, id2label) == (0, {"0": "neg", "1": "mixed", "2": "pos"})
+    head = AutoModelForSequenceClassification.from_pretrained(tmp_path / "named" / "out").classifier.blocks[-1]
+    assert tuple(head.linear.weight.shape) == (3, 50)
+    for folder in ("given", "assumed", "three", "named"):
+        assert "sentiment" not in (tmp_path / folder / "out" / "README.md").read_text()
+
+
+def test_label_names_that_do_not_fit_the_head_are_refused(tmp_path, fastai_dir, capsys):
+    code = load_script().main(["--weights", str(fastai_dir / "clas_model.pth"), "--vocab", str(fastai_dir / "itos.pkl"),
+                               "--task", "classification", "--labels", "a,b,c", "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert capsys.readouterr().err == "error: id2label names 3 labels (a, b, c), but the checkpoint's head has 2\n"
     assert not (tmp_path / "out").exists()

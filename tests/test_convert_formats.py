@@ -306,6 +306,18 @@ MALFORMED = {
         "1.layers.6.bias does not: fastai gives every head Linear a bias (v1's bn_drop_lin) or none (v2's LinBnDrop)"),
     "head linear bias shape": ("classification", lambda lm, clas: {**v1_layout(clas), "1.layers.6.bias": torch.ones(3)},
                                "1.layers.6.bias has shape (3,), expected (2,)"),
+    # values: floating point (BatchNorm's num_batches_tracked aside) and finite, wherever the tensor is
+    "integer LSTM bias": ("lm", lambda lm, clas: {**lm, "0.rnns.0.module.bias_hh_l0": torch.zeros(192, dtype=torch.long)},
+                          "0.rnns.0.module.bias_hh_l0 holds torch.int64 values; fastai's weights are floating point"),
+    "boolean head weight": ("classification", lambda lm, clas: {**clas, "1.layers.1.2.weight": clas["1.layers.1.2.weight"] > 0},
+                            "1.layers.1.2.weight holds torch.bool values; fastai's weights are floating point"),
+    "NaN embedding and its copies": ("lm", lambda lm, clas: {**lm, **{key: torch.full((200, 32), float("nan")) for key in (
+        "0.encoder.weight", "0.encoder_dp.emb.weight", "1.decoder.weight")}},
+        "0.encoder.weight holds NaN or infinite values: the checkpoint is broken"),
+    "one infinite decoder bias": ("lm", lambda lm, clas: {**lm, "1.decoder.bias": lm["1.decoder.bias"].index_fill(
+        0, torch.tensor([5]), float("inf"))}, "1.decoder.bias holds NaN or infinite values"),
+    "NaN BatchNorm statistics": ("classification", lambda lm, clas: {**clas, "1.layers.0.0.running_var": torch.full(
+        (96,), float("nan"))}, "1.layers.0.0.running_var holds NaN or infinite values"),
 }
 
 
@@ -317,9 +329,35 @@ def test_malformed_checkpoints_name_the_key(name, lm_state, clas_state):
     assert message in str(error.value)
 
 
-def test_sizes_given_against_the_tensors_are_refused(clas_state):
+def test_sizes_given_against_the_tensors_are_refused(clas_state, lm_state):
     with pytest.raises(CheckpointError, match=r"num_labels=3 was given, but the checkpoint's tensors say 2"):
         convert_fastai_checkpoint(clas_state, "classification", num_labels=3)
+    with pytest.raises(CheckpointError) as error:  # label names count the head's outputs
+        convert_fastai_checkpoint(clas_state, "classification", id2label={0: "a", 1: "b", 2: "c"})
+    assert str(error.value) == "id2label names 3 labels (a, b, c), but the checkpoint's head has 2"
+    with pytest.raises(CheckpointError) as error:  # and a new head's, when both are given
+        convert_fastai_checkpoint(encoder_only(lm_state, "0."), "classification", num_labels=2, id2label={0: "a"})
+    assert str(error.value) == "id2label names 1 labels (a), but num_labels is 2"
+
+
+@pytest.mark.parametrize("task, overrides, message", [
+    ("classification", {"num_labels": 0}, "num_labels must be at least 1, got 0"),
+    ("classification", {"num_labels": -2}, "num_labels must be at least 1, got -2"),
+    ("classification", {"classifier_hidden_sizes": [50, 0]}, "classifier_hidden_sizes must be a list of widths of at "
+     "least 1 (fastai's lin_ftrs, e.g. [50]), got [50, 0]"),
+    ("classification", {"classifier_hidden_sizes": 50}, "classifier_hidden_sizes must be a list of widths of at least "
+     "1 (fastai's lin_ftrs, e.g. [50]), got 50"),
+    # drop_mult with the task's defaults for the other dropouts: classifier input_p 0.4, LM input_p 0.25
+    ("classification", {"drop_mult": 10.0}, "input_p * drop_mult must be [0, 1.0), got 4.0"),
+    ("lm", {"drop_mult": 5.0}, "input_p * drop_mult must be [0, 1.0), got 1.25"),
+    ("lm", {"drop_mult": 2.0, "embed_p": 0.5}, "embed_p * drop_mult must be [0, 1.0), got 1.0"),
+])
+def test_values_no_model_can_use_are_refused_before_converting(lm_state, task, overrides, message):
+    """What would otherwise be written and fail later (an empty head, a BatchNorm of no features, training's
+    first forward with a dropout of 1 or more): refused by the library function, as by the script's flags."""
+    with pytest.raises(ValueError) as error:
+        convert_fastai_checkpoint(encoder_only(lm_state, "0."), task, **overrides)
+    assert str(error.value) == message
 
 
 def test_file_without_a_state_dict_is_refused(tmp_path):

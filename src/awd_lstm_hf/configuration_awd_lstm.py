@@ -99,6 +99,11 @@ class AWDLSTMConfig(PreTrainedConfig):
             self.label2id = {"neg": 0, "pos": 1}
         if self.classifier_hidden_sizes is None:
             self.classifier_hidden_sizes = [50]
+        widths = self.classifier_hidden_sizes
+        if not isinstance(widths, (list, tuple)) or not all(
+                isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in widths):
+            raise ValueError(f"classifier_hidden_sizes must be a list of widths of at least 1 (fastai's lin_ftrs, "
+                             f"e.g. [50]), got {widths!r}")
         if self.classifier_dropouts is None:
             self.classifier_dropouts = [0.1] * len(self.classifier_hidden_sizes)
         if len(self.classifier_dropouts) != len(self.classifier_hidden_sizes):
@@ -119,6 +124,8 @@ class AWDLSTMConfig(PreTrainedConfig):
         for p in self.classifier_dropouts:
             _check_probability("classifier_dropouts", p)
         super().__post_init__(**kwargs)
+        if self.num_labels < 1:  # transformers makes an empty head of num_labels <= 0
+            raise ValueError(f"num_labels must be at least 1, got {kwargs.get('num_labels', self.num_labels)}")
 
     def layer_sizes(self) -> list[tuple[int, int]]:
         """(input size, hidden size) of each LSTM layer, fastai's rule."""

@@ -24,7 +24,8 @@ from .configuration_awd_lstm import AWDLSTMConfig
 from .modeling_awd_lstm import AWDLSTMForCausalLM, AWDLSTMForSequenceClassification
 from .tokenization_awd_lstm import AWDLSTMTokenizer, read_itos
 
-TASKS = ("lm", "classification")
+MODEL_CLASSES = {"lm": AWDLSTMForCausalLM, "classification": AWDLSTMForSequenceClassification}
+TASKS = tuple(MODEL_CLASSES)
 _ENCODER_PREFIXES = ("0.module.", "0.", "")
 _LAYER_KEY = re.compile(r"rnns\.(\d+)\.(weight_hh_l0_raw|module\.weight_ih_l0|module\.bias_ih_l0|module\.bias_hh_l0)$")
 _DERIVED_WEIGHT_HH = re.compile(r"rnns\.(\d+)\.module\.weight_hh_l0$")
@@ -148,6 +149,23 @@ def _encoder_prefix(state_dict: dict[str, torch.Tensor]) -> str:
     raise CheckpointError("no embedding found: expected one of '0.module.encoder.weight', '0.encoder.weight', 'encoder.weight'")
 
 
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise CheckpointError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def _check_values(state_dict: dict[str, torch.Tensor]) -> None:
+    """Weights are finite floating-point numbers (a BatchNorm's `num_batches_tracked` is an integer count):
+    an integer tensor would be cast silently, and a NaN one breaks every output (and `torch.equal`)."""
+    for key, tensor in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{key} holds {tensor.dtype} values; fastai's weights are floating point")
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{key} holds NaN or infinite values: the checkpoint is broken (a diverged training?)")
+
+
 def _same(state_dict, key, reference, what):
     if key in state_dict and not torch.equal(state_dict[key], reference):
         raise CheckpointError(f"{key} differs from the embedding it should equal ({what})")
@@ -168,8 +186,8 @@ def fastai_to_hf_state_dict(
 ) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
     """Map fastai keys to ours and infer the sizes from the tensors. Returns (our state_dict, config
     kwargs, notes on what was not in the file: a decoder or head built fresh)."""
-    if task not in TASKS:
-        raise CheckpointError(f"task must be one of {TASKS}, got {task!r}")
+    _check_task(task)
+    _check_values(state_dict)
     prefix = _encoder_prefix(state_dict)
     embedding = state_dict[f"{prefix}encoder.weight"]
     if embedding.dim() != 2:
@@ -318,9 +336,32 @@ def _convert_head(state_dict, converted, config) -> set[str]:
 # ----------------------------------------------------------------------------------------------
 
 
+def check_config_overrides(task: str, **config_overrides) -> None:
+    """Refuse, before any file is read, a task or config values no converted model could use: a label
+    count or head width below 1, a dropout that reaches 1 once multiplied by `drop_mult` (with the task's
+    defaults for the dropouts not given), ... (AWDLSTMConfig's checks). Raises ValueError."""
+    _check_task(task)
+    config = AWDLSTMConfig(**config_overrides).with_task_dropouts(MODEL_CLASSES[task].dropout_task)
+    config.effective_dropouts()  # what training's first forward would refuse
+
+
+def _label_names(config_kwargs: dict, config_overrides: dict) -> None:
+    """`id2label` given against the head: its length is the number of labels (the head's outputs, or a new
+    head's `num_labels` when also given)."""
+    labels = config_overrides["id2label"]
+    for source, count in (("the checkpoint's head has", config_kwargs.get("num_labels")),
+                          ("num_labels is", config_overrides.get("num_labels"))):
+        if count is not None and count != len(labels):
+            raise CheckpointError(f"id2label names {len(labels)} labels ({', '.join(map(str, labels.values()))}), "
+                                  f"but {source} {count}")
+
+
 def _build_model(state_dict, task, config_overrides) -> tuple[AWDLSTMForCausalLM | AWDLSTMForSequenceClassification,
                                                                list[str]]:
+    check_config_overrides(task, **config_overrides)
     converted, config_kwargs, notes = fastai_to_hf_state_dict(state_dict, task)
+    if "id2label" in config_overrides:
+        _label_names(config_kwargs, config_overrides)
     for key, value in config_overrides.items():
         if key in config_kwargs and config_kwargs[key] != value:
             raise CheckpointError(f"{key}={value!r} was given, but the checkpoint's tensors say {config_kwargs[key]!r}")
@@ -328,10 +369,14 @@ def _build_model(state_dict, task, config_overrides) -> tuple[AWDLSTMForCausalLM
     if task == "classification" and "id2label" in config_overrides:
         config_kwargs.pop("num_labels", None)
     elif task == "classification" and config_kwargs.get("num_labels", 2) == 2:
-        config_kwargs.pop("num_labels", None)  # keep the neg/pos labels of IMDB
+        config_kwargs.pop("num_labels", None)  # the config's default labels: IMDB's neg/pos
     config = AWDLSTMConfig(**config_kwargs)
-    model_class = AWDLSTMForCausalLM if task == "lm" else AWDLSTMForSequenceClassification
-    model = model_class(config)
+    if task == "classification" and "id2label" not in config_overrides:
+        assumed = "IMDB's neg, pos (fastai's sorted order)" if config.num_labels == 2 else ", ".join(
+            config.id2label[i] for i in sorted(config.id2label))
+        notes.append(f"label names (fastai keeps them in `dls.vocab[1]`, not in the weights): {assumed}; give the "
+                     "real ones in order as id2label (the converter's --labels)")
+    model = MODEL_CLASSES[task](config)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     fresh_head = task == "classification" and not any(key.startswith("classifier.") for key in converted)
     missing = [key for key in missing if not (key == "lm_head.weight" and config.tie_word_embeddings)
