@@ -3,6 +3,7 @@
 import http.server
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from awd_lstm_hf import data
 from awd_lstm_hf.data import (
     ClassificationCollator,
     LMStreamDataset,
+    check_labels,
+    class_names,
     classification_splits,
     count_tokens,
     lm_corpus,
@@ -277,6 +280,111 @@ def test_classification_splits_sizes_and_balance():
         assert sorted(Counter(splits[key]["label"]).values()) == [n // 2, n // 2]
     full = classification_splits(dsdict)
     assert full["valid"] is None and len(full["train"]) == 100 and len(full["test"]) == 60
+
+
+# --------------------------------------------------------------------------------------------
+# Checks of the loaded splits (synthetic): named by split and row before anything is tokenized
+# --------------------------------------------------------------------------------------------
+
+NEG_POS = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+SPLIT_SIZES = {"train": 12, "test": 8, "unsupervised": 6}
+POSITIONS = ("first", "middle", "last")
+
+
+def imdb_like(features=NEG_POS) -> DatasetDict:
+    """IMDB's splits in small: train and test labelled neg/pos alternately, unsupervised -1 (as IMDB's)."""
+    return DatasetDict({split: Dataset.from_dict(
+        {"text": [f"{split} review {i}" for i in range(n)],
+         "label": [-1 if split == "unsupervised" else i % 2 for i in range(n)]}, features=features)
+        for split, n in SPLIT_SIZES.items()})
+
+
+def row_at(split: str, position: str) -> int:
+    return {"first": 0, "middle": SPLIT_SIZES[split] // 2, "last": SPLIT_SIZES[split] - 1}[position]
+
+
+def with_column(dsdict: DatasetDict, split: str, name: str, row: int, value, features=NEG_POS) -> DatasetDict:
+    """A copy of DSDICT whose SPLIT has VALUE in column NAME at ROW."""
+    columns = dsdict[split].to_dict()
+    columns[name][row] = value
+    return DatasetDict({**dsdict, split: Dataset.from_dict(columns, features=features)})
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("split", list(SPLIT_SIZES))
+def test_a_missing_text_is_named_by_its_split_and_row_on_every_path(split, position):
+    """lm_corpus mixes and shuffles the splits (the row there is another number) and a subsample may leave
+    the row out: the error names the split and the row as loaded, before anything is sampled or tokenized."""
+    row = row_at(split, position)
+    dsdict = with_column(imdb_like(), split, "text", row, None)
+    message = re.escape(f"split '{split}', row {row}: text is None (1 row(s) of the split have no text)")
+    for max_docs in (None, 3):
+        with pytest.raises(ValueError, match=message):
+            lm_corpus(dsdict, max_docs=max_docs, seed=0)
+    if split == "unsupervised":  # the classifier never reads it
+        assert len(classification_splits(dsdict, train_docs=4)["train"]) == 4
+    else:
+        with pytest.raises(ValueError, match=message):
+            classification_splits(dsdict, train_docs=4, test_docs=2)
+    # the fix the message suggests works
+    fixed = DatasetDict({**dsdict, split: dsdict[split].filter(lambda r: r["text"] is not None)})
+    assert sum(map(len, lm_corpus(fixed))) == sum(SPLIT_SIZES.values()) - 1
+
+
+def test_several_missing_texts_name_the_first_and_count_them():
+    dsdict = imdb_like()
+    for row in (9, 3, 11):
+        dsdict = with_column(dsdict, "train", "text", row, None)
+    with pytest.raises(ValueError, match=re.escape("split 'train', row 3: text is None (3 row(s) of the split")):
+        lm_corpus(dsdict)
+
+
+@pytest.mark.parametrize("value", [2, 7, -1, None])
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_label_outside_the_classes_is_named_by_its_split_and_row(split, position, value):
+    """A ClassLabel holds -1 (IMDB's unsupervised label) and None; 2 or 7 only come in plain integers. The
+    classes are the train split's neg/pos in every case; the unsupervised split's -1 labels are never read."""
+    row = row_at(split, position)
+    storable = value in (-1, None)
+    dsdict = with_column(imdb_like(), split, "label", row, value, features=NEG_POS if storable else None)
+    message = re.escape(f"split '{split}', row {row}: label {value} is not one of the classes {{0: 'neg', 1: 'pos'}}")
+    with pytest.raises(ValueError, match=message):
+        check_labels(dsdict, ["neg", "pos"])
+    if storable or split == "test":  # (plain integers in train would define the classes themselves)
+        with pytest.raises(ValueError, match=message):
+            classification_splits(dsdict, train_docs=4)
+
+
+def test_classes_are_the_train_splits_classlabel_names_in_id_order():
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["positive", "negative", "mixed"])})
+    assert class_names(imdb_like(features)) == ["positive", "negative", "mixed"]
+    assert class_names(imdb_like()) == ["neg", "pos"]
+
+
+@pytest.mark.parametrize("labels, classes", [([0, 1, 1, 0], 2), ([2, 0, 1, 0], 3), ([0, 3, 0, 0], 4), ([-1, -1, 0, 0], 1)])
+def test_a_plain_integer_label_column_has_the_classes_0_to_its_largest_train_label(labels, classes):
+    dsdict = DatasetDict(train=Dataset.from_dict({"text": ["a", "b", "c", "d"], "label": labels}))
+    assert class_names(dsdict) == [f"LABEL_{i}" for i in range(classes)]
+
+
+def test_labels_that_are_no_class_ids_are_refused():
+    words = DatasetDict(train=Dataset.from_dict({"text": ["a", "b"], "label": ["pos", "neg"]}))
+    with pytest.raises(ValueError, match=re.escape("split 'train' needs a ClassLabel or integer 'label' column, "
+                                                   "not Value('string')")):
+        class_names(words)
+    fractions = DatasetDict({**imdb_like(), "test": Dataset.from_dict({"text": ["a"], "label": [0.5]})})
+    with pytest.raises(ValueError, match=re.escape("split 'test' needs a ClassLabel or integer 'label' column, not "
+                                                   "Value('float64')")):
+        classification_splits(fractions)
+    unlabelled = DatasetDict({**imdb_like(), "test": Dataset.from_dict({"text": ["a"]})})
+    with pytest.raises(ValueError, match=re.escape("split 'test' needs a ClassLabel or integer 'label' column, not None")):
+        classification_splits(unlabelled)
+    swapped = Features({"text": Value("string"), "label": ClassLabel(names=["pos", "neg"])})
+    other_names = DatasetDict({**imdb_like(), "test": imdb_like(swapped)["test"]})
+    with pytest.raises(ValueError, match=re.escape("split 'test' names its classes ['pos', 'neg'], but the classes "
+                                                   "are ['neg', 'pos']")):
+        classification_splits(other_names)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 - `load_imdb` loads IMDB from the Hub, or from the local mirror when the Hub can't be reached.
 - `tokenize_corpus` / `numericalize` are `datasets.map` passes, so their results are cached.
+- `check_texts` / `check_labels` name a missing text or a stray label by its split and row, before any
+  training; `class_names` are the classifier's classes (the dataset's ClassLabel names).
 - `lm_corpus` / `classification_splits` carve the splits the ULMFiT recipe uses.
 - `LMStreamDataset` is fastai's `LMDataLoader` as a map-style dataset that HF `Trainer` can
   consume with a sequential sampler, on one device or many (see fastai_reference.md 5.1).
@@ -24,9 +26,10 @@ from itertools import chain
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Value, concatenate_datasets, load_dataset
 from datasets import config as datasets_config
 from datasets.exceptions import DatasetNotFoundError
 from huggingface_hub import constants as hf_constants
@@ -206,6 +209,69 @@ def numericalize(dataset: Dataset, tokenizer, num_proc: int | None = None) -> Da
 
 
 # --------------------------------------------------------------------------------------------
+# Checks of the loaded splits (before any tokenization or training)
+# --------------------------------------------------------------------------------------------
+
+# The splits the classifier trains and is tested on (its validation split is carved from train); IMDB's
+# unsupervised split (label -1) only feeds the language model.
+LABELLED_SPLITS = ("train", "test")
+
+
+def _arrow_column(dataset: Dataset, name: str) -> pa.ChunkedArray:
+    """One column as Arrow (the selected rows of a `select`ed dataset), without a Python object per row."""
+    return dataset.select_columns([name]).with_format("arrow")[:].column(0)
+
+
+def _holds_class_ids(feature) -> bool:
+    return isinstance(feature, ClassLabel) or (isinstance(feature, Value) and pa.types.is_integer(feature.pa_type))
+
+
+def check_texts(dsdict: DatasetDict, splits: Iterable[str] | None = None) -> None:
+    """Every text of `splits` (default: all) present. A missing one is named by its split and its row in that
+    split as loaded: once the splits are mixed and shuffled (`lm_corpus`), its row number there means nothing."""
+    for split in dsdict if splits is None else splits:
+        missing = np.flatnonzero(pc.is_null(_arrow_column(dsdict[split], "text")))
+        if len(missing):
+            raise ValueError(f"split {split!r}, row {missing[0]}: text is None ({len(missing)} row(s) of the split "
+                             "have no text); drop or fill them first, e.g. with "
+                             "`dataset.filter(lambda row: row['text'] is not None)`")
+
+
+def class_names(dsdict: DatasetDict) -> list[str]:
+    """The classifier's classes in id order: the names of the train split's ClassLabel `label` (IMDB: neg,
+    pos). A plain integer `label` column names no classes: its ids are 0..n-1 with n - 1 the largest label of
+    the train split, named LABEL_i as transformers names the classes of a config that gives none."""
+    feature = dsdict["train"].features.get("label")
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    if not _holds_class_ids(feature):
+        raise ValueError(f"split 'train' needs a ClassLabel or integer 'label' column, not {feature}; cast it, e.g. "
+                         "`dataset.cast_column('label', ClassLabel(names=[...]))`")
+    largest = pc.max(_arrow_column(dsdict["train"], "label")).as_py()
+    return [f"LABEL_{index}" for index in range(max(largest or 0, 0) + 1)]
+
+
+def check_labels(dsdict: DatasetDict, names: Sequence[str], splits: Iterable[str] = LABELLED_SPLITS) -> None:
+    """Every label of the labelled splits one of the classes `names` (ids 0..len(names)-1): a stray value (-1,
+    or 2 of two classes) is named by its split and row before any training, instead of failing a classifier
+    batch after the whole language-model stage. A split's ClassLabel must name the same classes."""
+    for split in splits:
+        dataset = dsdict[split]
+        feature = dataset.features.get("label")
+        if not _holds_class_ids(feature):
+            raise ValueError(f"split {split!r} needs a ClassLabel or integer 'label' column, not {feature} "
+                             f"(columns: {dataset.column_names})")
+        if isinstance(feature, ClassLabel) and feature.names != list(names):
+            raise ValueError(f"split {split!r} names its classes {feature.names}, but the classes are {list(names)}")
+        labels = _arrow_column(dataset, "label")
+        stray = pc.fill_null(pc.or_(pc.less(labels, 0), pc.greater_equal(labels, len(names))), True)
+        rows = np.flatnonzero(stray)
+        if len(rows):
+            raise ValueError(f"split {split!r}, row {rows[0]}: label {labels[int(rows[0])].as_py()} is not one of the "
+                             f"classes {dict(enumerate(names))}")
+
+
+# --------------------------------------------------------------------------------------------
 # Splits
 # --------------------------------------------------------------------------------------------
 
@@ -216,10 +282,12 @@ def lm_corpus(
     """Language-model corpus: the documents of all splits, `valid_pct` of them held out at random.
 
     ULMFiT fine-tunes the LM on every IMDB review (train + test + unsupervised; labels unused).
-    `max_docs` takes a seeded random subsample first, for quick runs.
+    `max_docs` takes a seeded random subsample first, for quick runs. Every split's texts are checked first
+    (`check_texts`).
     """
     if not 0 < valid_pct < 1:
         raise ValueError(f"valid_pct must be in (0, 1), got {valid_pct}")
+    check_texts(dsdict)
     corpus = concatenate_datasets(
         [split.remove_columns("label") if "label" in split.column_names else split for split in dsdict.values()]
     )
@@ -262,8 +330,11 @@ def classification_splits(
 
     `valid` is None when `valid_docs` is 0 (IMDB has no official validation split). Subsamples
     are seeded and stratified by label, so both classes are represented even in small runs; the
-    full test split is returned as is unless `test_docs` is given.
+    full test split is returned as is unless `test_docs` is given. The whole train and test splits are
+    checked first (`check_texts`, `check_labels`), whichever rows the subsamples take.
     """
+    check_texts(dsdict, LABELLED_SPLITS)
+    check_labels(dsdict, class_names(dsdict))
     train, valid = dsdict["train"], None
     if valid_docs:
         valid, train = _sample(train, valid_docs, seed)
@@ -289,8 +360,7 @@ def _flatten_documents(documents: Sequence[Sequence[int]] | Column) -> tuple[np.
     converted document by document.
     """
     if isinstance(documents, Column) and isinstance(documents.source, Dataset):
-        table = documents.source.select_columns([documents.column_name]).with_format("arrow")[:]
-        lists = table.column(0).combine_chunks()
+        lists = _arrow_column(documents.source, documents.column_name).combine_chunks()
         tokens = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
         lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
         # astype copies: Arrow's zero-copy buffers are read-only, which torch.from_numpy warns about.
