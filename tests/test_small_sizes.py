@@ -2,6 +2,7 @@
 multiple of the batch, an evaluation set that is not a multiple of it, batches of one. Each is checked
 against the batches, step counts and metrics worked out by hand (fastai's rules, reference section 5)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from torch.nn import functional as F
 
 from awd_lstm_hf import AWDLSTMConfig, AWDLSTMForSequenceClassification
 from awd_lstm_hf.data import ClassificationCollator, LMStreamDataset
-from awd_lstm_hf.training import ClassifierTrainer, Stage, classification_accuracy, fit_one_cycle
+from awd_lstm_hf.training import (ClassifierTrainer, Stage, classification_accuracy, fit_one_cycle,
+                                  require_a_training_batch)
 
 REPO = Path(__file__).resolve().parents[1]
 NO_DROPOUT = dict(embed_p=0.0, input_p=0.0, weight_p=0.0, hidden_p=0.0, output_p=0.0, classifier_dropouts=[0.0])
@@ -104,6 +106,39 @@ def test_classifier_training_drops_the_last_incomplete_batch_like_fastai(tmp_pat
         assert len({tuple(doc) for doc in seen}) == 6 and all(doc in docs for doc in seen)
 
 
+@pytest.mark.parametrize("n_documents", [1, 2])
+def test_a_training_set_smaller_than_one_batch_is_refused_naming_both_sizes(tmp_path, n_documents):
+    """With the last incomplete batch dropped, 1 or 2 documents in batches of 3 leave no batch at all: refused
+    with both sizes, not Trainer's "max_steps must be set" about an empty DataLoader."""
+    train = labelled(documents(n_documents), [0] * n_documents)
+    message = (f"{n_documents} training documents do not fill one batch of per-device batch size 3: the last "
+               f"incomplete batch of an epoch is dropped (as fastai does), so there would be nothing to train on. "
+               f"Use a per-device batch size of at most {n_documents}, or more training documents.")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_classifier(tmp_path, tiny_classifier(), train, batch_size=3)
+
+
+def test_a_training_set_of_exactly_one_batch_takes_one_step_an_epoch(tmp_path):
+    docs = documents(3)
+    trainer, _ = train_classifier(tmp_path, tiny_classifier(), labelled(docs, [0, 1, 0]), batch_size=3)
+    assert trainer.state.global_step == 2 and [sorted(batch) for batch in trainer.batches] == [sorted(docs)] * 2
+
+
+@pytest.mark.parametrize("n_documents, batch_size, processes, smaller", [
+    (7, 4, 2, "a batch_size of at most 3, or "),  # each process's share of 7 documents: 3
+    (1, 1, 2, ""),  # fewer documents than processes: no batch size helps
+    (0, 1, 1, ""),
+])
+def test_the_batch_check_counts_every_process_and_says_what_helps(n_documents, batch_size, processes, smaller):
+    with pytest.raises(ValueError, match=re.escape(f"Use {smaller}more training documents.")) as error:
+        require_a_training_batch(n_documents, batch_size, processes)
+    per_process = f" x {processes} processes" if processes > 1 else ""
+    assert str(error.value).startswith(f"{n_documents} training documents do not fill one batch of batch_size "
+                                       f"{batch_size}{per_process}: ")
+    # batch_size x processes documents are enough: one batch for each process
+    require_a_training_batch(batch_size * processes, batch_size, processes)
+
+
 @torch.no_grad()
 def test_head_batch_of_one_in_training_uses_running_statistics():
     """A training batch of one row has no batch statistics (nn.BatchNorm1d raises): the head normalises it
@@ -161,10 +196,11 @@ def labels_with_one_miss(predictions: torch.Tensor) -> list[int]:
     return labels
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 5])
+@pytest.mark.parametrize("batch_size", [1, 3, 5, 8])
 def test_evaluation_counts_every_document_once(tmp_path, batch_size):
-    """7 evaluation documents in batches of 1, 3 (7 = 2 x 3 + 1) or 5: the end-of-epoch evaluation of
-    training and `predict` see all 7, once each, in order: accuracy 6/7 by hand, logits each document's own."""
+    """7 evaluation documents in batches of 1, 3 (7 = 2 x 3 + 1), 5 or 8 (one incomplete batch, kept, unlike a
+    training batch): the end-of-epoch evaluation of training and `predict` see all 7, once each, in order:
+    accuracy 6/7 by hand, logits each document's own."""
     docs, train_docs = documents(7, seed=1), documents(6, seed=2)
     model = tiny_classifier()
     # the evaluation at the end of training sees the final weights: build the labels from those

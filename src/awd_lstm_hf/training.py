@@ -9,6 +9,7 @@ Each fastai concept has one home here:
 - `LMTrainer`: stateful BPTT, the hidden state carried from batch to batch (fastai's `ModelResetter`
   resets it per epoch and per validation), kept in checkpoints so that a resumed run continues exactly;
 - `SortedBatchesSampler`: the classifier's training batches in fastai's `SortedDL` order;
+- `require_a_training_batch`: the last incomplete training batch is dropped, as fastai does;
 - `fit_one_cycle`: one call = one `Trainer.train()` with its own schedule, after `freeze_to`, like
   fastai's `learn.freeze_to(n); learn.fit_one_cycle(...)`;
 - `transfer_language_model`: a pretrained LM moved onto a new vocabulary (`load_pretrained` + `match_embeds`).
@@ -216,6 +217,21 @@ class SortedBatchesSampler(torch.utils.data.Sampler):
         return iter(np.concatenate([batches[0], *middle, *ends]).tolist())
 
 
+def require_a_training_batch(n_documents: int, batch_size: int, processes: int = 1,
+                             batch_size_name: str = "batch_size") -> None:
+    """fastai drops the last incomplete batch of every training epoch, and Accelerate deals whole batches to
+    the processes in turn, dropping an incomplete last round: each process trains on
+    n_documents // (batch_size x processes) batches an epoch. None at all would leave Trainer an empty
+    DataLoader (its error, about `max_steps`, names neither size), so it is refused here with both."""
+    if n_documents < batch_size * processes:
+        per_process = f" x {processes} processes" if processes > 1 else ""
+        smaller = f"a {batch_size_name} of at most {n_documents // processes}, or " if n_documents >= processes else ""
+        raise ValueError(
+            f"{n_documents} training documents do not fill one batch of {batch_size_name} {batch_size}{per_process}: "
+            "the last incomplete batch of an epoch is dropped (as fastai does), so there would be nothing to train "
+            f"on. Use {smaller}more training documents.")
+
+
 class ULMFiTTrainer(Trainer):
     """A Trainer running one `Stage`: fastai's optimizer over the layer groups with the stage's
     (discriminative) max lrs, and the one-cycle schedule."""
@@ -245,6 +261,9 @@ class ULMFiTTrainer(Trainer):
     def get_train_dataloader(self):
         """fastai drops the last incomplete batch of every training epoch (a BatchNorm head would otherwise
         normalise a batch of one row); evaluation keeps every document (Trainer has one flag for both)."""
+        if has_length(self.train_dataset):
+            require_a_training_batch(len(self.train_dataset), self.args.per_device_train_batch_size,
+                                     self.args.world_size, "per-device batch size")
         drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, True
         try:
             return super().get_train_dataloader()
