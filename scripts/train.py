@@ -37,6 +37,7 @@ from awd_lstm_hf.data import (
     IMDB_HUB_ID,
     ClassificationCollator,
     LMStreamDataset,
+    class_names,
     classification_splits,
     count_tokens,
     lm_corpus,
@@ -55,6 +56,7 @@ from awd_lstm_hf.training import (
     describe_precision,
     fit_one_cycle,
     mixed_precision,
+    require_a_training_batch,
     transfer_language_model,
 )
 
@@ -109,7 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def select_reviews(imdb, s: dict, seed: int) -> tuple[tuple, dict]:
-    """The reviews a run uses: the LM's (train, valid) texts and the classifier's train/valid/test splits."""
+    """The reviews a run uses: the LM's (train, valid) texts and the classifier's train/valid/test splits.
+    A missing text or a label outside the classes is an error here, naming its split and row."""
     lm_texts = lm_corpus(imdb, max_docs=s["lm_docs"], valid_pct=s["lm_valid_pct"], seed=seed)
     splits = classification_splits(imdb, train_docs=s["clas_train_docs"], test_docs=s["clas_test_docs"],
                                    valid_docs=s["clas_valid_docs"], seed=seed)
@@ -217,9 +220,11 @@ def last_evaluations(trainer, key: str) -> list[dict]:
     return [entry for entry in merged.values() if key in entry]
 
 
-def train_classifier(args, s, state, lm_dir, splits, tokenizer, work_dir):
+def train_classifier(args, s, state, lm_dir, splits, labels, tokenizer, work_dir):
+    """The classifier from the LM's encoder, predicting `labels` (the dataset's class names, in id order)."""
     config = AWDLSTMConfig.from_pretrained(lm_dir).with_task_dropouts("classification")
     config.drop_mult = s["clas_drop_mult"]
+    config.id2label, config.label2id = dict(enumerate(labels)), {label: index for index, label in enumerate(labels)}
     torch.manual_seed(args.seed)  # the new head's weights: the same whether the LM was trained or read back
     model = AWDLSTMForSequenceClassification.from_pretrained(lm_dir, config=config)
     data = {
@@ -292,7 +297,11 @@ def main(argv=None):
             "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1), or run `torchrun --nproc_per_node N scripts/train.py ...`.")
 
     with state.main_process_first():  # tokenize once, the other processes read the datasets cache
-        lm_texts, splits = select_reviews(load_imdb(args.dataset), s, args.seed)
+        imdb = load_imdb(args.dataset)
+        lm_texts, splits = select_reviews(imdb, s, args.seed)
+        labels = class_names(imdb)
+        # known before any tokenization or training: refused now rather than after the LM stage
+        require_a_training_batch(len(splits["train"]), s["clas_batch_size"], state.num_processes, "--clas_batch_size")
         lm_tokens = [prepare_text(d, args.num_proc) for d in lm_texts]
         for split in splits.values():
             if split is not None:
@@ -300,7 +309,8 @@ def main(argv=None):
     # fastai builds the vocabulary from every document of the LM data, validation included.
     tokenizer = AWDLSTMTokenizer.from_counts(count_tokens(concatenate_datasets(lm_tokens)),
                                              min_freq=s["min_freq"], max_vocab=s["max_vocab"])
-    logger.info("tokenization and vocabulary: %.0f s", time.time() - started)
+    logger.info("tokenization and vocabulary: %.0f s; classifier classes %s", time.time() - started,
+                dict(enumerate(labels)))
     model_ids = {task: f"{args.hub_model_id}-{task}" if args.hub_model_id else f"awd-lstm-imdb-{task}-{args.preset}"
                  for task in ("lm", "classifier")}
     training_settings = {"script": "scripts/train.py", "preset": args.preset, "dataset": args.dataset,
@@ -324,7 +334,7 @@ def main(argv=None):
     state.wait_for_everyone()
 
     clas_started = time.time()
-    classifier, clas_metrics = train_classifier(args, s, state, output_dir / "lm", splits, tokenizer, work_dir)
+    classifier, clas_metrics = train_classifier(args, s, state, output_dir / "lm", splits, labels, tokenizer, work_dir)
     clas_seconds = time.time() - clas_started
     logger.info("classifier: %s in %.0f s", clas_metrics, clas_seconds)
     if state.is_main_process:

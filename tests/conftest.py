@@ -7,6 +7,7 @@ elsewhere the tests that need it skip and say why.
 import os
 from pathlib import Path
 
+import datasets
 import pytest
 from tiny_imdb import write_tiny_imdb
 
@@ -40,3 +41,13 @@ def tiny_imdb(tmp_path_factory) -> Path:
     """A folder laid out like the IMDB mirror (train/test/unsupervised parquet files and its configs), with
     random reviews; one test review is long (over 600 tokens), so truncation would show."""
     return write_tiny_imdb(tmp_path_factory.mktemp("tiny_imdb"), seed=0)
+
+
+@pytest.fixture()
+def datasets_cache(tmp_path, monkeypatch) -> Path:
+    """A datasets cache of the test's own. datasets caches a local folder with a README `configs` section under
+    the folder's name and its file patterns only, not the files' paths or contents: a second folder of the same
+    name (or the same folder rewritten) would be read from the first one's cache."""
+    cache = tmp_path / "datasets_cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache

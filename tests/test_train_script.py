@@ -1,4 +1,5 @@
-"""`scripts/train.py --preset smoke` on the IMDB mirror, end to end, then the demo on its output."""
+"""`scripts/train.py --preset smoke` on the IMDB mirror, end to end, then the demo on its output; on tiny
+IMDB-like folders, the checks that stop it before anything is tokenized and the classes of its classifier."""
 
 import json
 import math
@@ -8,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from datasets import ClassLabel, Value
+from test_hub_and_metrics import TINY_TRAINING
+from tiny_imdb import tiny_reviews, write_imdb_like
 from transformers import pipeline, set_seed
 
 import awd_lstm_hf  # noqa: F401
@@ -106,3 +110,76 @@ def test_precision_flag_takes_a_plain_word_and_refuses_others(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "parity", "--output_dir", "unused", "--precision", "half"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def tiny_run(dataset: Path, output_dir: Path, **overrides) -> list[str]:
+    """train.py's arguments for a run of a few seconds (TINY_TRAINING, changed by OVERRIDES)."""
+    settings = TINY_TRAINING | overrides
+    return ["--preset", "smoke", "--dataset", str(dataset), "--output_dir", str(output_dir), "--num_proc", "1",
+            *(arg for key, value in settings.items() for arg in (f"--{key}", json.dumps(value)))]
+
+
+@pytest.fixture()
+def train_before_tokenizing(monkeypatch, datasets_cache):
+    """train.py's module, failing the test if it gets as far as tokenizing."""
+    import train
+
+    monkeypatch.setattr(train, "prepare_text", lambda *args, **kwargs: pytest.fail("train.py tokenized the reviews"))
+    return train
+
+
+@pytest.mark.parametrize("split, row, column, value, label_feature, message", [
+    ("train", 17, "text", None, None, "split 'train', row 17: text is None"),
+    ("test", 39, "text", None, None, "split 'test', row 39: text is None"),
+    ("unsupervised", 0, "text", None, None, "split 'unsupervised', row 0: text is None"),
+    ("train", 5, "label", -1, None, "split 'train', row 5: label -1 is not one of the classes {0: 'neg', 1: 'pos'}"),
+    ("test", 0, "label", 2, Value("int64"),  # plain integers: the classes are 0..1, the train split's
+     "split 'test', row 0: label 2 is not one of the classes {0: 'LABEL_0', 1: 'LABEL_1'}"),
+])
+def test_a_bad_row_stops_train_py_before_anything_is_tokenized(train_before_tokenizing, tmp_path, split, row, column,
+                                                              value, label_feature, message):
+    """The row as loaded (train row 17, not its place in the shuffled LM corpus), before the LM stage."""
+    reviews = tiny_reviews(seed=0)
+    reviews[split][["text", "label"].index(column)][row] = value
+    dataset = write_imdb_like(tmp_path / "data", reviews, label_feature)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_before_tokenizing.main(tiny_run(dataset, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("overrides, n_train", [
+    ({"clas_train_docs": 7, "clas_batch_size": 8}, 7),
+    ({"clas_train_docs": None, "clas_valid_docs": 55, "clas_batch_size": 8}, 60 - 55),  # valid carved from train
+])
+def test_a_classifier_training_set_smaller_than_a_batch_stops_train_py_before_the_lm_stage(
+        train_before_tokenizing, tiny_imdb, tmp_path, overrides, n_train):
+    """Its last incomplete batch would be dropped, leaving the classifier stage nothing to train on."""
+    message = (f"{n_train} training documents do not fill one batch of --clas_batch_size 8: the last incomplete "
+               "batch of an epoch is dropped (as fastai does), so there would be nothing to train on. Use a "
+               f"--clas_batch_size of at most {n_train}, or more training documents.")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_before_tokenizing.main(tiny_run(tiny_imdb, tmp_path / "out", **overrides))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("label_feature, names", [
+    (ClassLabel(names=["positive", "negative"]), ["positive", "negative"]),  # 0 = positive: not IMDB's order
+    (ClassLabel(names=["bad", "fine", "good"]), ["bad", "fine", "good"]),
+    (Value("int64"), ["LABEL_0", "LABEL_1", "LABEL_2"]),  # plain integers 0..2: transformers' names
+])
+def test_the_classifier_predicts_the_classes_of_the_dataset(datasets_cache, tmp_path, label_feature, names):
+    """id2label and label2id are the dataset's (never IMDB's neg/pos by default), as are the pipeline's labels
+    and the model card's description."""
+    import train
+
+    dataset = write_imdb_like(tmp_path / "data", tiny_reviews(seed=0, n_classes=len(names)), label_feature)
+    train.main(tiny_run(dataset, tmp_path / "out"))
+    folder = tmp_path / "out" / "classifier"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["id2label"] == {str(index): name for index, name in enumerate(names)}
+    assert config["label2id"] == {name: index for index, name in enumerate(names)}
+    scores = pipeline("text-classification", model=str(folder))("a good movie", top_k=None)
+    assert sorted(item["label"] for item in scores) == sorted(names)
+    card = (folder / "README.md").read_text()
+    assert f"An AWD-LSTM (text classifier, labels: {', '.join(names)})" in card
+    assert "labels: neg, pos" not in card
