@@ -7,7 +7,6 @@ elsewhere the tests that need it skip and say why.
 import os
 from pathlib import Path
 
-import datasets
 import pytest
 from tiny_imdb import write_tiny_imdb
 
@@ -43,11 +42,3 @@ def tiny_imdb(tmp_path_factory) -> Path:
     return write_tiny_imdb(tmp_path_factory.mktemp("tiny_imdb"), seed=0)
 
 
-@pytest.fixture()
-def datasets_cache(tmp_path, monkeypatch) -> Path:
-    """A datasets cache of the test's own. datasets caches a local folder with a README `configs` section under
-    the folder's name and its file patterns only, not the files' paths or contents: a second folder of the same
-    name (or the same folder rewritten) would be read from the first one's cache."""
-    cache = tmp_path / "datasets_cache"
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-    return cache

@@ -4,6 +4,7 @@ import http.server
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from awd_lstm_hf.data import (
     tokenize_corpus,
 )
 from awd_lstm_hf.tokenization_awd_lstm import SPECIAL_TOKENS, AWDLSTMTokenizer, fastai_tokenize_batch
+from tiny_imdb import tiny_reviews, write_imdb_like
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -409,6 +411,34 @@ def test_classification_collator_pads_right_with_mask():
 # --------------------------------------------------------------------------------------------
 
 
+def _rewrite(folder: Path, seed: int, *, anew: bool) -> dict:
+    """Write a tiny IMDB folder at FOLDER (ANEW: deleted first, as another dataset put at the same path);
+    returns what each split holds."""
+    if anew:
+        shutil.rmtree(folder)
+    (folder / "plain_text").mkdir(parents=True, exist_ok=True)
+    reviews = tiny_reviews(seed)
+    write_imdb_like(folder, reviews)
+    return reviews
+
+
+@pytest.mark.parametrize("anew", [False, True])
+def test_load_imdb_reads_a_changed_local_folder_afresh(tmp_path, monkeypatch, anew):
+    """datasets caches a local folder by its name and file patterns only: a folder rewritten in place, or
+    another one at the same path, loaded the first data from the cache. Each load must give what the
+    files hold now, and an unchanged folder is served from its cache (the same cache files)."""
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
+    folder = tmp_path / "imdb"
+    for seed in (0, 1, 2):
+        reviews = _rewrite(folder, seed, anew=anew and seed > 0)
+        first, again = load_imdb(folder), load_imdb(folder)
+        for split, (texts, labels) in reviews.items():
+            assert first[split]["text"] == texts and first[split]["label"] == labels
+            assert again[split].cache_files == first[split].cache_files
+
+
 def test_load_imdb_falls_back_to_mirror_when_hub_unreachable(tmp_path, monkeypatch, caplog):
     mirror = tmp_path / "shared" / "data" / "imdb"
     mirror.mkdir(parents=True)
@@ -416,7 +446,7 @@ def test_load_imdb_falls_back_to_mirror_when_hub_unreachable(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path / "repo")
     calls = []
 
-    def fake_load_dataset(path):
+    def fake_load_dataset(path, **kwargs):
         calls.append(path)
         if not Path(path).is_dir():
             raise ConnectionError(f"Couldn't reach {path!r} on the Hub (OfflineModeIsEnabled)")

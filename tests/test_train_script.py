@@ -120,7 +120,7 @@ def tiny_run(dataset: Path, output_dir: Path, **overrides) -> list[str]:
 
 
 @pytest.fixture()
-def train_before_tokenizing(monkeypatch, datasets_cache):
+def train_before_tokenizing(monkeypatch):
     """train.py's module, failing the test if it gets as far as tokenizing."""
     import train
 
@@ -167,7 +167,7 @@ def test_a_classifier_training_set_smaller_than_a_batch_stops_train_py_before_th
     (ClassLabel(names=["bad", "fine", "good"]), ["bad", "fine", "good"]),
     (Value("int64"), ["LABEL_0", "LABEL_1", "LABEL_2"]),  # plain integers 0..2: transformers' names
 ])
-def test_the_classifier_predicts_the_classes_of_the_dataset(datasets_cache, tmp_path, label_feature, names):
+def test_the_classifier_predicts_the_classes_of_the_dataset(tmp_path, label_feature, names):
     """id2label and label2id are the dataset's (never IMDB's neg/pos by default), as are the pipeline's labels
     and the model card's description."""
     import train

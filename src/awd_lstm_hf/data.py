@@ -96,6 +96,21 @@ def hub_unreachable(error: BaseException) -> bool:
     return unreachable
 
 
+def load_local_folder(folder: Path) -> DatasetDict:
+    """`load_dataset` of a local dataset folder, with a cache directory named after its files' paths, sizes
+    and modification times. datasets keys a folder's cache by its name and file patterns only, so a folder
+    rewritten in place (or another one at the same path) would silently load the old data, and the
+    tokenization passes cached beside it would follow; here a changed folder is read afresh."""
+    stamp = hashlib.sha256()
+    for file in sorted(folder.rglob("*")):
+        relative = file.relative_to(folder)
+        if file.is_file() and not any(part.startswith(".") for part in relative.parts):
+            stat = file.stat()
+            stamp.update(f"{relative.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    cache_dir = Path(datasets_config.HF_DATASETS_CACHE) / "local_folders" / stamp.hexdigest()[:16]
+    return load_dataset(str(folder), cache_dir=str(cache_dir))
+
+
 def load_imdb(name_or_path: str | os.PathLike = IMDB_HUB_ID) -> DatasetDict:
     """Load IMDB (train/test/unsupervised) with `datasets.load_dataset`.
 
@@ -106,7 +121,7 @@ def load_imdb(name_or_path: str | os.PathLike = IMDB_HUB_ID) -> DatasetDict:
     """
     path = Path(name_or_path)
     if path.is_dir():
-        dsdict = load_dataset(str(path))
+        dsdict = load_local_folder(path)
     else:
         try:
             dsdict = load_dataset(str(name_or_path))
@@ -121,7 +136,7 @@ def load_imdb(name_or_path: str | os.PathLike = IMDB_HUB_ID) -> DatasetDict:
                 str(error).splitlines()[0][:200] if str(error) else "",
                 mirrors[0],
             )
-            dsdict = load_dataset(str(mirrors[0]))
+            dsdict = load_local_folder(Path(mirrors[0]))
     for split, dataset in dsdict.items():
         if "text" not in dataset.column_names:
             raise ValueError(
