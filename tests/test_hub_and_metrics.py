@@ -78,6 +78,13 @@ def tiny_tokenizer() -> AWDLSTMTokenizer:
     return AWDLSTMTokenizer.from_itos([*SPECIAL_TOKENS, *WORDS, "."])
 
 
+def tiny_lm() -> AWDLSTMForCausalLM:
+    """A random LM (seed 0) over `tiny_tokenizer`'s vocabulary, in eval mode."""
+    torch.manual_seed(0)
+    return AWDLSTMForCausalLM(AWDLSTMConfig(vocab_size=len(tiny_tokenizer()), embedding_size=8, hidden_size=12,
+                                            num_hidden_layers=2)).eval()
+
+
 @torch.no_grad()
 def nll_by_hand(model, tokenizer, text: str) -> tuple[float, int]:
     """The text alone, full logits: summed -log p of every token after the first, and how many."""
@@ -131,10 +138,7 @@ def test_accuracy_and_f1_match_counts_by_hand():
 
 @torch.no_grad()
 def test_perplexity_is_the_same_batched_padded_or_alone_and_equals_a_hand_loop():
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    model = AWDLSTMForCausalLM(AWDLSTMConfig(vocab_size=len(tokenizer), embedding_size=8, hidden_size=12,
-                                             num_hidden_layers=2)).eval()
+    tokenizer, model = tiny_tokenizer(), tiny_lm()
     rng = np.random.default_rng(1)
     long_text = " ".join(f"{a} {b}" for a, b in zip(rng.choice(WORDS[:7], 700), rng.choice(WORDS[7:], 700)))
     texts = ["I liked this movie.", "", "movie", "It was bad, not good", long_text, "the plot and the actors"]
@@ -161,10 +165,7 @@ def test_perplexity_is_the_same_batched_padded_or_alone_and_equals_a_hand_loop()
 
 @torch.no_grad()
 def test_perplexity_reads_without_dropout_and_gives_the_model_back_in_its_mode():
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    model = AWDLSTMForCausalLM(AWDLSTMConfig(vocab_size=len(tokenizer), embedding_size=8, hidden_size=12,
-                                             num_hidden_layers=2)).eval()
+    tokenizer, model = tiny_tokenizer(), tiny_lm()
     texts = ["I liked this movie.", "the plot and the actors", "It was bad, not good"]
     nll, counts = zip(*(nll_by_hand(model, tokenizer, text) for text in texts))
     for training in (True, False, True):
