@@ -10,8 +10,11 @@ Defined results:
   'xxpad' is a real token with attention mask 1, never padding.
 """
 
+import json
 import math
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -92,6 +95,25 @@ def test_a_million_character_review_gives_every_token():
     tokens = fastai_tokenize_batch([text])[0]
     assert expected[-1] == "\n\n"  # the text ends with a line break, which fastai strips
     assert tokens == expected[:-1]
+
+
+def test_long_chunks_that_fastais_case_rules_reject_do_not_hang():
+    """fastai's all-caps regex backtracks quadratically on a chunk of capitals ending in a lowercase letter
+    (a DNA string, a shout with a plural 's'): 200,000 characters took about an hour. Each chunk below is one
+    token, lowered without a case marker (neither case rule matches it, the repeat rules find no run of 3).
+    Run in a subprocess, since a regex cannot be interrupted."""
+    cases = {
+        "AB" * 100_000 + "s": ["xxbos", "ab" * 100_000 + "s"],
+        "GREAT " + "AB" * 100_000 + "s NOW": ["xxbos", "xxup", "great", "ab" * 100_000 + "s", "xxup", "now"],
+        "A" + "B1" * 100_000 + "c": ["xxbos", "a" + "b1" * 100_000 + "c"],  # digits are in fastai's capitals chunk
+        "A" + "bc" * 100_000 + "D": ["xxbos", "a" + "bc" * 100_000 + "d"],  # the capitalised-word rule's worst case
+    }
+    code = ("import json, sys; from awd_lstm_hf.tokenization_awd_lstm import fastai_tokenize_batch; "
+            "print(json.dumps(fastai_tokenize_batch(json.load(sys.stdin))))")
+    run = subprocess.run([sys.executable, "-c", code], input=json.dumps(list(cases)), capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout) == list(cases.values())
 
 
 # ---------------------------------------------------------------------------------------------- pipelines

@@ -17,6 +17,7 @@ from awd_lstm_hf.tokenization_awd_lstm import (
     TK_REP,
     TK_WREP,
     UNK,
+    _ALL_CAPS,
     AWDLSTMTokenizer,
     _is_whitespace_token,
     fastai_tokenize_batch,
@@ -91,6 +92,25 @@ def stable_alone(tokens: list[str]) -> bool:
     decoding puts it between spaces: the decoder cannot know which neighbours were glued in the source."""
     words = sorted({t for t in tokens if not _is_whitespace_token(t) and t not in SPECIAL_TOKENS})
     return all(alone == ["xxbos", word] for word, alone in zip(words, fastai_tokenize_batch(words)))
+
+
+# fastai's `replace_all_caps` regex, verbatim (fastai/text/core.py)
+FASTAI_ALL_CAPS = re.compile(r"(\s|^)([A-Z]+[^a-z\s]*)(?=(\s|$))")
+# Text rich in what the all-caps rule looks at: capitals, lowercase, digits, punctuation, non-ASCII letters, spaces.
+CAPITALS_RICH = st.text(
+    st.sampled_from([*"ABCXYZ" * 3, *"abz", *"09", *".,'!-_", "É", "é", "ß", " ", " ", "\t", "\n"]), max_size=40
+)
+
+
+@settings(PROPERTY, max_examples=2000)
+@given(CAPITALS_RICH)
+def test_all_caps_regex_finds_what_fastais_finds(text):
+    """Our all-caps regex (linear time) matches the same chunks, with the same groups, as fastai's."""
+
+    def matches(pattern):
+        return [(match.span(), match[1], match[2]) for match in pattern.finditer(text)]
+
+    assert matches(_ALL_CAPS) == matches(FASTAI_ALL_CAPS)
 
 
 def repeat_counts(tokens: list[str]) -> set[str]:

@@ -71,7 +71,9 @@ _CHAR_REPEAT = re.compile(r"(\S)(\1{2,})")
 _WORD_REPEAT = re.compile(r"(?:\s|^)(\w+)\s+((?:\1\s+)+)\1(\s|\W|$)")
 _SPLIT_CHARS = re.compile(r"([/#\\])")
 _SPACE_RUN = re.compile(" {2,}")
-_ALL_CAPS = re.compile(r"(\s|^)([A-Z]+[^a-z\s]*)(?=\s|$)")
+# fastai writes `[A-Z]+[^a-z\s]*`: the same chunks, since [A-Z] is in [^a-z\s], but two quantifiers over the
+# same capitals backtrack quadratically on a capitals chunk ending in a lowercase letter ('ACGT...s').
+_ALL_CAPS = re.compile(r"(\s|^)([A-Z][^a-z\s]*)(?=\s|$)")
 _CAPITALISED = re.compile(r"(\s|^)([A-Z][^A-Z\s]*)(?=\s|$)")
 
 
