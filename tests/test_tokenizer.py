@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -387,6 +388,24 @@ def test_load_without_vocab_file_fails_clearly(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     (tmp_path / "vocab.json").unlink()
     with pytest.raises(ValueError, match="vocab.json"):
+        AWDLSTMTokenizer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"{oops", "JSONDecodeError: Expecting property name"),
+        (b'["xxunk", "xxpad"', "JSONDecodeError"),  # truncated
+        (b'["xxunk", "\xff"]', "UnicodeDecodeError"),
+        (b'{"xxunk": 0}', "a list of str\\), not a dict"),
+    ],
+    ids=["invalid", "truncated", "not-utf8", "not-a-list"],
+)
+def test_a_corrupt_vocab_file_is_an_error_naming_it(tokenizer, tmp_path, content, problem):
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "vocab.json").write_bytes(content)
+    message = re.escape(f"cannot read the vocabulary {tmp_path / 'vocab.json'} ") + f".*{problem}"
+    with pytest.raises(ValueError, match=message):
         AWDLSTMTokenizer.from_pretrained(tmp_path)
 
 

@@ -451,7 +451,7 @@ class AWDLSTMTokenizer(PreTrainedTokenizer):
 
     Args:
         vocab_file (`str`, *optional*):
-            A JSON file holding the itos list (as written by `save_pretrained`).
+            The itos list as a JSON file (as written by `save_pretrained`), or any file `read_itos` reads.
         itos (`list[str]`, *optional*):
             The itos list itself, instead of `vocab_file` (see `from_itos`).
     """
@@ -476,8 +476,7 @@ class AWDLSTMTokenizer(PreTrainedTokenizer):
                     f"No vocabulary for AWDLSTMTokenizer in {source}: pass `itos` or a `vocab_file` "
                     f"('{VOCAB_FILES_NAMES['vocab_file']}', written by save_pretrained)"
                 )
-            with open(vocab_file, encoding="utf-8") as f:
-                itos = check_itos(json.load(f), vocab_file)
+            itos = read_itos(vocab_file)  # a corrupt file is a ValueError naming it
         else:
             itos = check_itos(list(itos), "itos")
         self._itos = itos
