@@ -177,6 +177,18 @@ def test_sound_repository_loads_by_hub_id_with_the_saved_weights(saved, tmp_path
         assert torch.equal(loaded.state_dict()[name], value), name
 
 
+@pytest.mark.parametrize("name", ["vocab.json", "tokenizer_config.json", "config.json"])
+@pytest.mark.parametrize("damage", [lambda text: text[: len(text) // 2], lambda text: "{bad" + text])
+def test_unreadable_json_file_is_an_error_naming_it(saved, tmp_path, name, damage):
+    """A truncated or garbled JSON file of the folder is named when the model loads (json's own error names
+    no file)."""
+    folder = copy_of(saved, tmp_path)
+    path = folder / name
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(ValueError, match=f"{path} is not a readable JSON file"):
+        AWDLSTMForCausalLM.from_pretrained(folder)
+
+
 def test_tokens_added_and_embeddings_resized_still_load(saved, tmp_path):
     """Added tokens count as tokenizer ids: a tokenizer with one added token and a model resized to match
     load together."""

@@ -89,15 +89,24 @@ def check_weights_file(path: str | os.PathLike) -> None:
                       "save or download it again")
 
 
+def _read_json(path: Path):
+    """A JSON file of a model folder; a file that is not JSON is a ValueError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # JSON and Unicode errors
+        raise ValueError(f"{path} is not a readable JSON file ({type(error).__name__}: {error}): it is truncated "
+                         "or corrupted; save or download it again") from None
+
+
 def _tokenizer_ids(folder: Path) -> int | None:
     """How many ids the tokenizer saved in `folder` can produce (its vocabulary plus added tokens), if any."""
     vocab_file = folder / "vocab.json"
     if not vocab_file.is_file():
         return None
-    n_ids = len(json.loads(vocab_file.read_text(encoding="utf-8")))
+    n_ids = len(_read_json(vocab_file))
     tokenizer_config = folder / "tokenizer_config.json"
     if tokenizer_config.is_file():
-        added = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("added_tokens_decoder") or {}
+        added = _read_json(tokenizer_config).get("added_tokens_decoder") or {}
         n_ids = max([n_ids, *(int(index) + 1 for index in added)])
     return n_ids
 
@@ -112,7 +121,7 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     config_file = folder / "config.json"
     n_ids = _tokenizer_ids(folder)
     if n_ids is not None and config_file.is_file():
-        vocab_size = json.loads(config_file.read_text(encoding="utf-8")).get("vocab_size")
+        vocab_size = _read_json(config_file).get("vocab_size")
         if vocab_size is not None and vocab_size != n_ids:
             raise ValueError(f"{config_file} has vocab_size {vocab_size} but the tokenizer in {folder} "
                              f"(vocab.json) has {n_ids} ids: the folder mixes a model and a tokenizer of different "
@@ -138,7 +147,7 @@ def fetch_hub_model_files(repo_id: str, from_pretrained_kwargs: dict) -> Path | 
         if config is None:
             return None
         index = fetch(SAFE_WEIGHTS_INDEX_NAME)
-        shards = sorted(set(json.loads(Path(index).read_text())["weight_map"].values())) if index else [SAFE_WEIGHTS_NAME]
+        shards = sorted(set(_read_json(Path(index))["weight_map"].values())) if index else [SAFE_WEIGHTS_NAME]
         for name in [*shards, "vocab.json", "tokenizer_config.json"]:
             fetch(name)
     except OSError:
