@@ -9,6 +9,7 @@ import json
 import re
 from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -43,6 +44,15 @@ def joined(pieces):
 
 
 REVIEWLIKE = joined(st.one_of(WORDS, PUNCTUATION, ODD, WORDISH))
+# Pieces whose spacing decides how spaCy and fastai's case rules split them: clitics and apostrophes glued or not
+# to words of spaCy's exception table ("'cause", "'em", "goin'"), hyphens after a chunk ending in a clitic
+# ("20's - x") or next to a capital ('I-max', 'B-side'), quotes, brackets and currency. Written without a
+# space, some pairs read as other tokens; decoding must keep that space.
+GLUE_PRONE = st.sampled_from(["20", "'s", "s", "-", "'", "cause", "em", "bout", "Indians", "waiting", "do",
+                              "n't", "x", "men", "goin", "o", "clock", "(", ")", ",", ".", '"', "$", "5", "B", "I",
+                              "So", "side", "they", "'ve"])
+GLUE_PRONE_TEXT = st.lists(st.tuples(GLUE_PRONE, st.sampled_from(["", " "])), max_size=10).map(
+    lambda pairs: "".join(p + sep for p, sep in pairs))
 # Anything between the pieces too: arbitrary runs of symbols and punctuation.
 TEXTLIKE = joined(st.one_of(WORDS, PUNCTUATION, ODD, st.text(max_size=6)))
 # A literal rule marker in the input ('xxmaj', 'xxup', 'xxrep', 'xxwrep') is, after tokenizing, the same
@@ -62,11 +72,14 @@ def repeated_word_run(tokens: list[str]) -> bool:
         else:
             count = 1
         marker = rest.pop(0) if rest[0] in ("xxup", "xxmaj") and len(rest) > 1 else None
-        words += [(marker, rest.pop(0))] * count
+        word = rest.pop(0)
+        words += [(None if word == "i" else marker, word)] * count  # 'i', 'xxmaj i', 'xxup i' are all 'I'
     run, last = 0, None
     for token in words:
         if _is_whitespace_token(token[1]):
             continue
+        if run >= 2 and token[0] == last[0] and re.fullmatch(re.escape(last[1]) + r"\W.*", token[1], re.DOTALL):
+            return True  # the rule's third word may run into punctuation: 'xxunk xxunk xxunk-'
         run, last = (run + 1 if token == last else 1), token
         if run >= 3:
             return True
@@ -75,8 +88,15 @@ def repeated_word_run(tokens: list[str]) -> bool:
 
 def unknown_in_one_letter_capital_chunk(tokens: list[str]) -> bool:
     """'A:' is 'xxup a :' (fastai marks chunks of 2+ characters, so the decoder glues what follows a marked
-    one-letter token); when the rest of that chunk became the word 'xxunk', the chunk can't be rebuilt."""
+    one-letter token); when the rest of that chunk became the word 'xxunk', the chunk can't be rebuilt. Nor
+    can 'Ive' ('xxmaj i ve'), "B20's" or "B('s" once "'s" is unknown ('xxmaj' chunks go on until a lowercase
+    letter follows their capital, which the unknown word held): 'I xxunk' loses the marker, 'Ixxunk' is one word."""
     for index, token in enumerate(tokens[:-1]):
+        if token == "xxmaj":
+            rest = [tokens[index + 1][1:], *tokens[index + 2 :]]
+            awaited = next((i for i, following in enumerate(rest) if re.search("[a-z]", following)), len(rest))
+            if UNK in rest[: awaited + 1]:
+                return True
         if token == "xxup" and len(tokens[index + 1]) == 1:
             for following in tokens[index + 2 :]:
                 if _is_whitespace_token(following):
@@ -133,6 +153,18 @@ def test_tokenizer_never_raises_and_always_starts_with_bos(text):
 @PROPERTY
 @given(REVIEWLIKE, st.data())
 def test_decoded_text_tokenizes_back_with_unknown_words_as_xxunk(text, data):
+    assert_decoded_text_tokenizes_back(text, data)
+
+
+@settings(PROPERTY, max_examples=300)
+@given(GLUE_PRONE_TEXT, st.data())
+def test_decoding_keeps_the_spaces_spacy_splits_by(text, data):
+    """The same property, densely over the pieces whose spacing spaCy reads ("' cause" is two tokens,
+    "'cause" one; "20's - x" is "20", "'s", '-', 'x' but "20's-x" is "20's", '-', 'x')."""
+    assert_decoded_text_tokenizes_back(text, data)
+
+
+def assert_decoded_text_tokenizes_back(text, data):
     """tokenize(decode(encode(x))) == tokenize(x) with out-of-vocabulary tokens replaced by 'xxunk'.
 
     The vocabulary holds every token of x but a drawn subset of its words, which become unknown. Outside
@@ -191,6 +223,43 @@ def test_capitals_decode_to_text_that_tokenizes_back():
     decoded = tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True)
     assert decoded == "IT'S GREAT, CAN'T WAIT for X-MEN ( Great) O` 100% ok %"
     assert ["xxbos", *tokenizer.tokenize(decoded)] == tokens
+
+
+@pytest.mark.parametrize(
+    ("text", "decoded"),
+    [
+        # Two IMDB reviews (unsupervised split): spaCy splits "'s" off the end of a chunk only, so "20's-waiting"
+        # is "20's", '-', 'waiting'; and "'cause" is one token (spaCy's exception table), so is "goin'".
+        ("in my 20's - waiting for", "in my 20's - waiting for"),
+        ("the Indians' cause, and also", "the Indians ' cause, and also"),
+        ("it's - x and its-x, (x) - y", "it's - x and its-x, (x) - y"),
+        ("goin ' on, goin' on ' em", "goin 'on, goin' on' em"),
+        ("X-Men's 'em and 'cause ' cause", "x-men's 'em and 'cause ' cause"),
+        ("the film - they've missed", "the film - they've missed"),  # "film-they've" keeps "they've" whole
+        # fastai's case rules read whitespace chunks: a lone 'I' joined by a hyphen would mark ('I-max' is
+        # 'xxmaj i - max') or unmark ('Note-I' is no 'xxmaj') the chunk, so it keeps its spaces
+        ("Note - I watched, and I-Max glasses", "Note - I watched, and I - max glasses"),
+        # an 'xxmaj' chunk goes on until a lowercase letter follows its capital: 'R--' alone is 'xxup r--'
+        ("an R--a rare B.b film", "an R--a rare B.b film"),
+        # a repeat is spaced out by fastai's rule: 'so-ooo' would be 'so-', and '((((' 'xxrep 4 ('
+        ("so - ooo and ( (((", "so - ooo and ( ((("),
+    ],
+)
+def test_decoding_keeps_the_space_where_spacy_would_read_the_glued_chunk_otherwise(text, decoded):
+    tokens = fastai_tokenize_batch([text])[0]
+    tokenizer = AWDLSTMTokenizer.from_counts(Counter(tokens), min_freq=1)
+    assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == decoded
+    assert ["xxbos", *tokenizer.tokenize(decoded)] == tokens
+
+
+def test_a_hyphen_joins_an_unknown_word_where_spacy_splits_it_back_off():
+    """'B-efficiency' is 'xxmaj b - efficiency': with 'efficiency' unknown, 'B-xxunk' gives 'xxmaj b - xxunk'
+    back, while 'B- xxunk' would be 'xxup b-', 'xxunk' (an IMDB review)."""
+    tokenizer = AWDLSTMTokenizer.from_itos([*SPECIAL_TOKENS, "the", "b", "-", "with"])
+    ids = tokenizer("the B-efficiency with")["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["xxbos", "the", "xxmaj", "b", "-", "xxunk", "with"]
+    assert tokenizer.decode(ids[1:]) == " the B-xxunk with"
+    assert tokenizer.tokenize(" the B-xxunk with") == ["the", "xxmaj", "b", "-", "xxunk", "with"]
 
 
 def test_imdb_reviews_decode_to_text_that_gives_fastais_tokens_back(fixtures_dir):

@@ -304,15 +304,35 @@ def _spacy_splits(chunk: tuple[str, ...], token: str) -> bool:
     return bool(chunk) and [t.text for t in _spacy_tokenizer()("".join(chunk) + token)] == [*chunk, token]
 
 
-def _hyphen_splits_off(left: str | None, right: str) -> bool:
-    """Whether spaCy splits 'left-right' into left, '-', right: a hyphen between a letter or digit and a
-    letter ('x-men'; '9-10' and 'xxunk-ª' stay one token). Without spaCy, between ASCII letters or digits."""
-    if left is None or left in SPECIAL_TOKENS or right in SPECIAL_TOKENS:
+def _hyphen_splits_off(left: tuple[str, ...], right: str, following: str | None) -> bool:
+    """Whether spaCy reads the chunk `left`, '-' and `right` written without spaces back as those tokens: a
+    hyphen between a letter or digit and a letter ('x-men', 'B-xxunk'; '9-10' and 'xxunk-ª' stay one token),
+    where the whole chunk keeps its splits ("20's-waiting" is "20's", '-', 'waiting': spaCy splits "'s" off a
+    chunk's end only), and a clitic `following` that splits off `right` still does ("film-they've" keeps
+    "they've" whole). Without spaCy, between ASCII letters or digits of words (not special tokens)."""
+    if not left:
         return False
     if spacy is None:
-        return left[-1:].isascii() and left[-1:].isalnum() and right[:1].isascii() and right[:1].isalpha()
-    return any(match.start() == len(left) and match.group() == "-"
-               for match in _spacy_tokenizer().infix_finditer(left + "-" + right))
+        last = left[-1][-1:]
+        return (left[-1] not in SPECIAL_TOKENS and right not in SPECIAL_TOKENS and last.isascii() and last.isalnum()
+                and right[:1].isascii() and right[:1].isalpha())
+    if (following is not None and following.lower() in _CLITICS and _spacy_splits((right,), following)
+            and not _spacy_splits((*left, "-", right), following)):
+        return False
+    return _spacy_splits((*left, "-"), right)
+
+
+def _glue_reads_back(chunk: tuple[str, ...], written: str, token: str) -> bool:
+    """Whether `token` may follow `chunk`, whose text ends with `written`, without a space: fastai's repeat rule
+    finds no new run of a character across the join ("’’" + "’" would be 'xxrep 3 ’'), and spaCy reads the
+    glued chunk back as its tokens ("'cause" after an opening quote is one token: "' cause" keeps its space;
+    assumed without spaCy, when decoding only), or fastai's rules space them out anyway ('/', '#', '\\')."""
+    if not chunk or token in _SPLIT_TOKENS or chunk[-1] in _SPLIT_TOKENS:
+        return True
+    char, before, after = token[0].lower(), written.lower(), token.lower()  # lowered: at worst a needless space
+    if before.endswith(char) and len(before) - len(before.rstrip(char)) + len(after) - len(after.lstrip(char)) >= 3:
+        return False
+    return spacy is None or _spacy_splits(chunk, token)
 
 
 def _clitic_splits_off(chunk: tuple[str, ...], clitic: str) -> bool:
@@ -339,11 +359,12 @@ def _detokenize(tokens: list[str], hidden: frozenset[str] = frozenset([BOS, PAD]
     repeat_count = None
     upper_chunk = False  # inside a chunk that 'xxup' put in capitals
     after_hyphen = chunk_continues = lone_i = False
-    hyphen_left = None
+    awaits_lowercase = False  # in an 'xxmaj' chunk with no lowercase letter after its capital yet
+    hyphen_left = ()  # the chunk before the last '-'
     chunk = ()  # the tokens written since the last space, which spaCy will read as one chunk
     previous = None  # the last token shown as a word, None at the start or after whitespace
     open_quotes = set()
-    for token in tokens:
+    for index, token in enumerate(tokens):
         if repeat_marker is not None and repeat_count is None:
             if token.isdecimal():
                 repeat_count = int(token)
@@ -367,7 +388,9 @@ def _detokenize(tokens: list[str], hidden: frozenset[str] = frozenset([BOS, PAD]
             upper_chunk = lone_i = False
             continue
 
-        space = not glue_next and not (chunk_continues and token not in SPECIAL_TOKENS)
+        continues_chunk = chunk_continues and token not in SPECIAL_TOKENS  # glued for the case marker's sake
+        awaits_lowercase = awaits_lowercase and continues_chunk
+        space = not glue_next and not continues_chunk
         glue_next, chunk_continues = token in _NO_SPACE_AFTER, False
         if token in _QUOTES:
             if token in open_quotes:
@@ -382,27 +405,36 @@ def _detokenize(tokens: list[str], hidden: frozenset[str] = frozenset([BOS, PAD]
         elif token in ("/", "\\"):
             space = False  # fastai's rules space out '/' and '\\' anyway: '9/10'
         elif token == "-":
-            hyphen_left = previous  # glued to both neighbours once the next token shows spaCy splits it there
+            # glued to both neighbours once the next token shows spaCy splits it there, but never to a lone 'I':
+            # its capital would mark or unmark the joined chunk ('So-I' is not 'xxmaj so - i', 'I-max' is)
+            hyphen_left = () if lone_i else chunk
         elif _glues_to_previous(chunk, token) or (not pieces and set(token) <= _NO_SPACE_BEFORE):
             space = False  # also at the start of a continuation: ', and I loved it'
+        if not (space or continues_chunk or repeat_marker or _glue_reads_back(chunk, "".join(pieces[-1:]), token)):
+            # fastai's rules or spaCy would read the glued chunk as other tokens ("'" + "cause" is "'cause"). A
+            # token glued for its case marker stays glued; fastai's rules space out a repeated one anyway.
+            space = True
         if case_marker is not None and pieces and not _is_whitespace_token(pieces[-1]):
             # fastai's case rules only mark a chunk that starts after whitespace: "(Word" is never
             # marked, so a marked word after '(' or a quote had a space before it.
             space = True
-        elif after_hyphen and space and _hyphen_splits_off(hyphen_left, token):
-            pieces[-1], space = "-", False
+        elif (after_hyphen and space and (token != "i" or upper_chunk) and repeat_marker is None
+              and _hyphen_splits_off(hyphen_left, token, tokens[index + 1] if index + 1 < len(tokens) else None)):
+            pieces[-1], space, chunk = "-", False, (*hyphen_left, "-")
         after_hyphen = token == "-" and repeat_marker is None
         if lone_i and not space:  # 'I.' is 'xxup i .' in fastai; an unmarked 'i' glued to '.' was 'i.'
             pieces[-1] = pieces[-1].lower()
-        lone_i = token == "i" and case_marker is None and not upper_chunk
         text = token
         if (space and not after_hyphen) or token in _SPLIT_TOKENS:  # a joining hyphen stays in the chunk  # fastai spaces out '/', '#' and '\\' before its case rules
             upper_chunk = False
+        lone_i = token == "i" and case_marker is None and not upper_chunk  # written 'I', a chunk of its own
         if case_marker == TK_MAJ:
             text = text[:1].upper() + text[1:]
-            # 'xxmaj' marks a chunk with lowercase letters after its capital ('A0t' is 'xxmaj a0 t'): when this
-            # token has none, the next token was in the chunk (unless it is unknown)
-            chunk_continues = not any(char.islower() for char in text[1:])
+            # 'xxmaj' marks a chunk with lowercase letters [a-z] after its capital ('A0t' is 'xxmaj a0 t', 'R--a'
+            # is 'xxmaj r -- a'): until a token has some, the next token was in the chunk (unless it is unknown)
+            awaits_lowercase = chunk_continues = not re.search("[a-z]", text[1:])
+        elif awaits_lowercase:
+            awaits_lowercase = chunk_continues = not re.search("[a-z]", text)
         elif case_marker == TK_UP or upper_chunk or text == "i":  # fastai lowers a lone 'I' without a marker
             # fastai only marks chunks of 2+ characters: the next token was in it (unless it is unknown)
             chunk_continues = case_marker == TK_UP and len(text) == 1
@@ -419,6 +451,8 @@ def _detokenize(tokens: list[str], hidden: frozenset[str] = frozenset([BOS, PAD]
             if (text.isalnum() and previous not in (None, *SPECIAL_TOKENS) and pieces[-1][-1:].isalnum()
                     and pieces[-1][-1:] != text):
                 space = False
+            elif "".join(pieces[-1:])[-1:] == text:
+                space = True  # '(' + '(((' would be 'xxrep 4 ('
             text *= repeat_count
         elif repeat_marker == TK_WREP:
             text = " ".join([text] * repeat_count)
